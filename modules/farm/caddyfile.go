@@ -1,0 +1,86 @@
+package farm
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalOption parses the farm option at the dispenser's current token,
+// if it is one, and reports whether it was. Handlers call it for each
+// subdirective of a block that describes a farm. Syntax:
+//
+//	to <address...>
+//	lb_policy round_robin|least_conn|random|first|ip_hash
+//	lb_try_duration <duration>
+//	lb_try_interval <duration>
+//	dial_timeout <duration>
+//	dns_refresh <duration>
+//	resolver <host:port>
+//	fail_duration <duration>
+//	max_connections <n>
+func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
+	opt := d.Val()
+	switch opt {
+	case "to":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return true, d.ArgErr()
+		}
+		f.To = append(f.To, args...)
+	case "lb_policy":
+		return true, oneArg(d, &f.LBPolicy)
+	case "resolver":
+		return true, oneArg(d, &f.Resolver)
+	case "lb_try_duration":
+		return true, duration(d, &f.LBTryDuration)
+	case "lb_try_interval":
+		return true, duration(d, &f.LBTryInterval)
+	case "dial_timeout":
+		return true, duration(d, &f.DialTimeout)
+	case "dns_refresh":
+		return true, duration(d, &f.DNSRefresh)
+	case "fail_duration":
+		return true, duration(d, &f.FailDuration)
+	case "max_connections":
+		var s string
+		if err := oneArg(d, &s); err != nil {
+			return true, err
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return true, d.Errf("max_connections: %q is not a non-negative integer", s)
+		}
+		f.MaxConnections = n
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	opt := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.Errf("%s: takes one argument, got more", opt)
+	}
+	return nil
+}
+
+func duration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	opt := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%s: %v", opt, err)
+	}
+	*dst = caddy.Duration(v)
+	return nil
+}

@@ -1,0 +1,206 @@
+package farm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// Lease is a connection to a member that counts as live for least_conn and
+// max_connections until Release.
+type Lease struct {
+	Member *Member
+	Conn   net.Conn
+	done   bool
+}
+
+// Release ends the lease's count. It does not close Conn. Safe to call twice.
+func (l *Lease) Release() {
+	if l != nil && !l.done {
+		l.done = true
+		l.Member.state.active.Add(-1)
+	}
+}
+
+// AttemptFunc runs the protocol's replay on a freshly dialed member. It
+// returns nil to keep the member, an error to fail over to the next member,
+// or an error wrapped with Final to stop and return that error as is.
+type AttemptFunc func(ctx context.Context, m *Member, conn net.Conn) error
+
+// Final marks an attempt's error as the member's answer (a broker refusing
+// credentials, say): no other member is tried and the member is not marked
+// failed.
+func Final(err error) error { return finalError{err} }
+
+type finalError struct{ error }
+
+func (e finalError) Unwrap() error { return e.error }
+
+// IsFinal reports whether err was returned through Final.
+func IsFinal(err error) bool {
+	var fe finalError
+	return errors.As(err, &fe)
+}
+
+// NoMemberError says that no member could take the connection.
+type NoMemberError struct {
+	Tried []string // "addr: reason" for each attempt, in order
+}
+
+func (e *NoMemberError) Error() string {
+	if len(e.Tried) == 0 {
+		return "no upstream member available"
+	}
+	return fmt.Sprintf("no upstream member reachable (%d tried: %s)", len(e.Tried), strings.Join(e.Tried, "; "))
+}
+
+// Dial picks members by policy, dials each and runs attempt, failing over
+// until one accepts, a Final error comes back, or every member (for
+// lb_try_duration, repeatedly) has failed. The context bounds the whole
+// operation. On success the caller owns the lease and must Release it.
+func (f *Farm) Dial(ctx context.Context, client net.Addr, attempt AttemptFunc) (*Lease, error) {
+	tryUntil := time.Now().Add(time.Duration(f.LBTryDuration))
+	noMember := &NoMemberError{}
+	for {
+		order, resolveErrs := f.candidates(ctx, client)
+		noMember.Tried = append(noMember.Tried, resolveErrs...)
+		for _, m := range order {
+			if f.MaxConnections > 0 && m.Active() >= int64(f.MaxConnections) {
+				noMember.Tried = append(noMember.Tried, m.Addr+": at max_connections")
+				continue
+			}
+			lease, err := f.try(ctx, m, attempt)
+			if err == nil {
+				return lease, nil
+			}
+			if IsFinal(err) || ctx.Err() != nil {
+				return nil, err
+			}
+			noMember.Tried = append(noMember.Tried, m.Addr+": "+err.Error())
+		}
+		wait := time.Duration(f.LBTryInterval)
+		if time.Now().Add(wait).After(tryUntil) {
+			return nil, noMember
+		}
+		select {
+		case <-ctx.Done():
+			return nil, noMember
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (f *Farm) try(ctx context.Context, m *Member, attempt AttemptFunc) (*Lease, error) {
+	m.state.active.Add(1)
+	lease := &Lease{Member: m}
+	d := net.Dialer{Timeout: time.Duration(f.DialTimeout)}
+	conn, err := d.DialContext(ctx, "tcp", m.Addr)
+	if err == nil {
+		lease.Conn = conn
+		if err = attempt(ctx, m, conn); err != nil {
+			_ = conn.Close()
+		}
+	}
+	if err != nil {
+		lease.Release()
+		if !IsFinal(err) && ctx.Err() == nil {
+			f.markFailed(m)
+		}
+		return nil, trimOpError(err)
+	}
+	return lease, nil
+}
+
+func (f *Farm) markFailed(m *Member) {
+	if f.FailDuration > 0 {
+		m.state.failedUntil.Store(time.Now().Add(time.Duration(f.FailDuration)).UnixNano())
+	}
+}
+
+// trimOpError drops the "dial tcp a->b:" prefix: the caller already names the member.
+func trimOpError(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil && !IsFinal(err) {
+		return op.Err
+	}
+	return err
+}
+
+// candidates returns the members in the order to try them: healthy members in
+// policy order, then members sitting out a failure as a last resort.
+func (f *Farm) candidates(ctx context.Context, client net.Addr) ([]*Member, []string) {
+	all, errs := f.Members(ctx)
+	now := time.Now()
+	var healthy, failed []*Member
+	for _, m := range all {
+		if m.Failed(now) {
+			failed = append(failed, m)
+		} else {
+			healthy = append(healthy, m)
+		}
+	}
+	return append(f.policy(f, healthy, client), f.policy(f, failed, client)...), errs
+}
+
+// Members returns the current members, resolving DNS names whose answers
+// are older than dns_refresh. A name that fails to resolve keeps its last
+// answers; its error is returned so that callers can report it.
+func (f *Farm) Members(ctx context.Context) ([]*Member, []string) {
+	var out []*Member
+	var errs []string
+	seen := map[string]bool{}
+	add := func(addr string) {
+		if !seen[addr] {
+			seen[addr] = true
+			out = append(out, f.member(addr))
+		}
+	}
+	for _, t := range f.targets {
+		if t.ip != nil {
+			add(net.JoinHostPort(t.host, t.port))
+			continue
+		}
+		res := f.resolve(ctx, t.host)
+		if res.err != nil && len(res.addrs) == 0 {
+			errs = append(errs, fmt.Sprintf("%s: %v", t.host, res.err))
+		}
+		for _, ip := range res.addrs {
+			add(net.JoinHostPort(ip, t.port))
+		}
+	}
+	return out, errs
+}
+
+func (f *Farm) resolve(ctx context.Context, name string) resolution {
+	f.mu.Lock()
+	res, ok := f.names[name]
+	f.mu.Unlock()
+	if ok && time.Since(res.at) < time.Duration(f.DNSRefresh) {
+		return res
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(f.DialTimeout))
+	defer cancel()
+	ips, err := f.dns.LookupIPAddr(ctx, name)
+	fresh := resolution{at: time.Now(), err: err}
+	for _, ip := range ips {
+		fresh.addrs = append(fresh.addrs, ip.IP.String())
+	}
+	if err != nil {
+		fresh.addrs = res.addrs // keep serving the last good answers
+		if dnsErr := (*net.DNSError)(nil); errors.As(err, &dnsErr) {
+			fresh.err = errors.New(dnsErr.Err)
+		}
+		if len(fresh.addrs) == 0 { // nothing to serve: ask again soon
+			fresh.at = fresh.at.Add(-time.Duration(f.DNSRefresh) + time.Second)
+		}
+	}
+	f.mu.Lock()
+	if f.names != nil {
+		f.names[name] = fresh
+	}
+	f.mu.Unlock()
+	return fresh
+}

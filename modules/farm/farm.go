@@ -1,0 +1,202 @@
+// Package farm is the pool of upstream members that every Caddy Prelude
+// handler dials through: static and DNS-named members, load-balancing
+// policies, passive failure marking and failover. Member state (live
+// connection counts, failure marks) lives in a caddy.UsagePool keyed by
+// address, so it survives config reloads and counts stay right while
+// sessions from the previous config are still open.
+package farm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Defaults for the options a Farm leaves unset.
+const (
+	DefaultDialTimeout   = 5 * time.Second
+	DefaultDNSRefresh    = 30 * time.Second
+	DefaultFailDuration  = 10 * time.Second
+	DefaultLBTryInterval = 250 * time.Millisecond
+)
+
+// Farm is a set of upstream members and how to pick one. It is embedded by
+// handlers as plain JSON; call Provision before Dial and Cleanup after.
+type Farm struct {
+	// Upstream addresses: host:port, where host is an IP or a DNS name whose
+	// every A/AAAA answer becomes a member.
+	To []string `json:"to,omitempty"`
+	// One of round_robin (default), least_conn, random, first, ip_hash.
+	LBPolicy string `json:"lb_policy,omitempty"`
+	// Keep cycling through the members for this long before giving up.
+	// Zero (the default) means one pass over every member.
+	LBTryDuration caddy.Duration `json:"lb_try_duration,omitempty"`
+	// Wait between passes while LBTryDuration lasts. Default 250ms.
+	LBTryInterval caddy.Duration `json:"lb_try_interval,omitempty"`
+	// Connect timeout for each attempt. Default 5s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+	// Re-resolve DNS names at this interval. Default 30s.
+	DNSRefresh caddy.Duration `json:"dns_refresh,omitempty"`
+	// DNS server (host:port) for names in To; the system resolver if empty.
+	Resolver string `json:"resolver,omitempty"`
+	// A member that fails sits out for this long. Default 10s; -1 disables.
+	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
+	// Most live connections per member; 0 means unlimited.
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	targets []target
+	policy  policy
+	dns     *net.Resolver
+	mu      sync.Mutex
+	names   map[string]resolution // DNS name -> last answers
+	known   map[string]*Member    // members this farm holds a pool reference for
+	rr      atomic.Uint64
+}
+
+type target struct {
+	host, port string
+	ip         net.IP // nil for DNS names
+}
+
+type resolution struct {
+	addrs []string
+	at    time.Time
+	err   error
+}
+
+// memberState is shared through the usage pool by every farm (and every
+// config generation) that names the same address.
+type memberState struct {
+	active      atomic.Int64
+	failedUntil atomic.Int64 // unix nanoseconds
+}
+
+func (*memberState) Destruct() error { return nil }
+
+var members = caddy.NewUsagePool()
+
+// Member is one upstream address with its shared state.
+type Member struct {
+	Addr  string
+	state *memberState
+}
+
+// Active is the number of live connections to the member, across reloads.
+func (m *Member) Active() int64 { return m.state.active.Load() }
+
+// Failed reports whether the member is sitting out after a failure.
+func (m *Member) Failed(now time.Time) bool { return m.state.failedUntil.Load() > now.UnixNano() }
+
+// Provision applies defaults and parses the addresses.
+func (f *Farm) Provision() error {
+	if f.DialTimeout == 0 {
+		f.DialTimeout = caddy.Duration(DefaultDialTimeout)
+	}
+	if f.DNSRefresh == 0 {
+		f.DNSRefresh = caddy.Duration(DefaultDNSRefresh)
+	}
+	if f.FailDuration == 0 {
+		f.FailDuration = caddy.Duration(DefaultFailDuration)
+	}
+	if f.LBTryInterval == 0 {
+		f.LBTryInterval = caddy.Duration(DefaultLBTryInterval)
+	}
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	f.policy = policies[f.policyName()]
+	f.targets = f.targets[:0]
+	for _, a := range f.To {
+		host, port, _ := net.SplitHostPort(a)
+		f.targets = append(f.targets, target{host: host, port: port, ip: net.ParseIP(host)})
+	}
+	f.dns = net.DefaultResolver
+	if f.Resolver != "" {
+		addr := f.Resolver
+		f.dns = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}}
+	}
+	f.names = map[string]resolution{}
+	f.known = map[string]*Member{}
+	return nil
+}
+
+func (f *Farm) policyName() string {
+	if f.LBPolicy == "" {
+		return "round_robin"
+	}
+	return f.LBPolicy
+}
+
+// Validate reports the first invalid option by its JSON name.
+func (f *Farm) Validate() error {
+	if len(f.To) == 0 {
+		return errors.New("to: at least one upstream address is required")
+	}
+	for _, a := range f.To {
+		if strings.HasPrefix(a, "srv+") {
+			return fmt.Errorf("to: %q: SRV upstreams are not supported yet", a)
+		}
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" || port == "" {
+			return fmt.Errorf("to: %q is not host:port", a)
+		}
+	}
+	if _, ok := policies[f.policyName()]; !ok {
+		return fmt.Errorf("lb_policy: unknown policy %q (want one of %s)", f.LBPolicy, policyNames())
+	}
+	if f.LBTryDuration < 0 || f.DialTimeout < 0 || f.DNSRefresh < 0 || f.LBTryInterval < 0 {
+		return errors.New("lb_try_duration, lb_try_interval, dial_timeout, dns_refresh: must not be negative")
+	}
+	if f.MaxConnections < 0 {
+		return errors.New("max_connections: must not be negative")
+	}
+	if f.Resolver != "" {
+		if _, _, err := net.SplitHostPort(f.Resolver); err != nil {
+			return fmt.Errorf("resolver: %q is not host:port", f.Resolver)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this farm's references to shared member state.
+func (f *Farm) Cleanup() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for addr := range f.known {
+		_, _ = members.Delete(poolKey(addr))
+	}
+	f.known = nil
+	return nil
+}
+
+// member returns the farm's handle on addr, taking one reference on its
+// shared state the first time this farm meets the address.
+func (f *Farm) member(addr string) *Member {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m, ok := f.known[addr]; ok {
+		return m
+	}
+	st := new(memberState)
+	if f.known != nil {
+		v, _ := members.LoadOrStore(poolKey(addr), st)
+		st = v.(*memberState)
+	}
+	m := &Member{Addr: addr, state: st}
+	if f.known != nil {
+		f.known[addr] = m
+	}
+	return m
+}
+
+func poolKey(addr string) string { return "prelude.farm.member/" + addr }

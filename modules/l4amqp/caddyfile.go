@@ -1,0 +1,127 @@
+package l4amqp
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddyprelude/prelude/modules/farm"
+)
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	amqp {
+//		vhost <pattern...> {
+//			to <address...>
+//			lb_policy round_robin|least_conn|random|first|ip_hash
+//			lb_try_duration <duration>
+//			lb_try_interval <duration>
+//			dial_timeout <duration>
+//			dns_refresh <duration>
+//			resolver <host:port>
+//			fail_duration <duration>
+//			max_connections <n>
+//		}
+//		default {
+//			<the same farm options>
+//		}
+//		handshake_timeout <duration>
+//		channel_max <n>
+//		frame_max <n>
+//		heartbeat <seconds>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // handler name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "vhost":
+			patterns := d.RemainingArgs()
+			if len(patterns) == 0 {
+				return d.Errf("vhost: at least one vhost name or pattern is required")
+			}
+			r := &Route{VHosts: patterns}
+			if err := unmarshalFarm(d, &r.Farm); err != nil {
+				return err
+			}
+			h.Routes = append(h.Routes, r)
+		case "default":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.Default != nil {
+				return d.Err("default: given twice")
+			}
+			h.Default = new(farm.Farm)
+			if err := unmarshalFarm(d, h.Default); err != nil {
+				return err
+			}
+		case "handshake_timeout":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			v, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return d.Errf("handshake_timeout: %v", err)
+			}
+			h.HandshakeTimeout = caddy.Duration(v)
+		case "channel_max", "heartbeat":
+			n, err := uintArg(d, 16)
+			if err != nil {
+				return err
+			}
+			if opt == "channel_max" {
+				h.ChannelMax = uint16(n)
+			} else {
+				hb := uint16(n)
+				h.Heartbeat = &hb
+			}
+		case "frame_max":
+			n, err := uintArg(d, 32)
+			if err != nil {
+				return err
+			}
+			h.FrameMax = uint32(n)
+		default:
+			return d.Errf("unknown amqp handler option %q", opt)
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+func unmarshalFarm(d *caddyfile.Dispenser, f *farm.Farm) error {
+	owner := d.Val()
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		ok, err := f.UnmarshalOption(d)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return d.Errf("%s: unknown farm option %q", owner, d.Val())
+		}
+	}
+	if len(f.To) == 0 {
+		return d.Errf("%s: a 'to' with at least one upstream address is required", owner)
+	}
+	return nil
+}
+
+func uintArg(d *caddyfile.Dispenser, bits int) (uint64, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.ParseUint(d.Val(), 10, bits)
+	if err != nil {
+		return 0, d.Errf("%s: %q is not an integer of at most %d bits", opt, d.Val(), bits)
+	}
+	return n, nil
+}
+
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

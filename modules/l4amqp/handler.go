@@ -1,0 +1,173 @@
+package l4amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+
+	"github.com/caddyprelude/prelude/amqp"
+	"github.com/caddyprelude/prelude/modules/farm"
+)
+
+func init() {
+	caddy.RegisterModule(&Handler{})
+}
+
+// Defaults for the handshake the handler plays with clients.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultChannelMax       = 2047   // RabbitMQ's default channel_max
+	DefaultFrameMax         = 131072 // RabbitMQ's default frame_max
+	DefaultHeartbeat        = 60     // RabbitMQ's default heartbeat, seconds
+)
+
+// Handler terminates the client's AMQP 0-9-1 handshake up to Connection.Open,
+// picks a farm by the requested vhost, replays the handshake to a member and
+// then relays bytes between client and broker.
+type Handler struct {
+	// Vhost routes, tried in order.
+	Routes []*Route `json:"routes,omitempty"`
+	// The farm for vhosts no route matches. Without it they get Close 530.
+	Default *farm.Farm `json:"default,omitempty"`
+	// How long a client may take from its first byte to Connection.Open.
+	// Default 10s.
+	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+	// Tune limits offered to clients before the broker is known. The offer is
+	// lowered to the strictest limits seen from any member. Defaults: 2047,
+	// 131072, 60 (RabbitMQ's defaults).
+	ChannelMax uint16 `json:"channel_max,omitempty"`
+	FrameMax   uint32 `json:"frame_max,omitempty"`
+	Heartbeat  *uint16 `json:"heartbeat,omitempty"`
+
+	limits  *learnedLimits
+	logger  *zap.Logger
+	metrics *handlerMetrics
+}
+
+// Route sends the vhosts matching any of its patterns to its farm.
+type Route struct {
+	// Exact vhost names or path.Match globs ("/team-*").
+	VHosts []string `json:"vhosts,omitempty"`
+	farm.Farm
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "layer4.handlers.amqp",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults and provisions the farms.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.HandshakeTimeout == 0 {
+		h.HandshakeTimeout = caddy.Duration(DefaultHandshakeTimeout)
+	}
+	if h.ChannelMax == 0 {
+		h.ChannelMax = DefaultChannelMax
+	}
+	if h.FrameMax == 0 {
+		h.FrameMax = DefaultFrameMax
+	}
+	if h.Heartbeat == nil {
+		hb := uint16(DefaultHeartbeat)
+		h.Heartbeat = &hb
+	}
+	for i, r := range h.Routes {
+		if len(r.VHosts) == 0 {
+			return fmt.Errorf("routes[%d].vhosts: at least one vhost pattern is required", i)
+		}
+		for _, p := range r.VHosts {
+			if _, err := path.Match(p, ""); err != nil {
+				return fmt.Errorf("routes[%d].vhosts: bad pattern %q: %v", i, p, err)
+			}
+		}
+		if err := r.Farm.Provision(); err != nil {
+			return fmt.Errorf("routes[%d] (vhost %s): %v", i, r.VHosts[0], err)
+		}
+	}
+	if h.Default != nil {
+		if err := h.Default.Provision(); err != nil {
+			return fmt.Errorf("default: %v", err)
+		}
+	}
+	if len(h.Routes) == 0 && h.Default == nil {
+		return errors.New("routes: at least one vhost route or a default farm is required")
+	}
+	if h.FrameMax < amqp.FrameMinSize {
+		return fmt.Errorf("frame_max: %d is below the protocol minimum %d", h.FrameMax, amqp.FrameMinSize)
+	}
+	h.limits = sharedLimits
+	h.metrics = initMetrics(ctx.GetMetricsRegistry())
+	return nil
+}
+
+// Cleanup releases the farms' shared member state.
+func (h *Handler) Cleanup() error {
+	for _, r := range h.Routes {
+		_ = r.Farm.Cleanup()
+	}
+	if h.Default != nil {
+		_ = h.Default.Cleanup()
+	}
+	return nil
+}
+
+// route returns the farm for vhost and a stable label for metrics.
+func (h *Handler) route(vhost string) (*farm.Farm, string) {
+	for _, r := range h.Routes {
+		for _, p := range r.VHosts {
+			if ok, _ := path.Match(p, vhost); ok {
+				return &r.Farm, p
+			}
+		}
+	}
+	if h.Default != nil {
+		return h.Default, "default"
+	}
+	return nil, "unrouted"
+}
+
+// Handle runs one client session: handshake, routing, replay, relay. The
+// session is not bound to the config's lifetime, so a reload does not cut it.
+func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
+	start := time.Now()
+	s := &session{h: h, cx: cx, remote: cx.RemoteAddr()}
+	outcome := s.run()
+	h.metrics.connections.WithLabelValues(s.routeLabel, outcome).Inc()
+	if outcome == outcomeRouted {
+		return nil
+	}
+	h.logger.Debug("amqp session ended before routing",
+		zap.String("remote", s.remote.String()), zap.String("outcome", outcome),
+		zap.Duration("duration", time.Since(start)))
+	return nil
+}
+
+func (h *Handler) dialContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), time.Duration(h.HandshakeTimeout))
+}
+
+// remoteIP is the client's address as it should appear to brokers.
+func remoteString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner  = (*Handler)(nil)
+	_ caddy.CleanerUpper = (*Handler)(nil)
+	_ layer4.NextHandler = (*Handler)(nil)
+)

@@ -1,0 +1,53 @@
+package l4amqp
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// handlerMetrics are the caddy_layer4_amqp_* collectors. They are created
+// once per process and registered on each config's registry, so counts carry
+// across reloads.
+type handlerMetrics struct {
+	connections *prometheus.CounterVec
+	active      *prometheus.GaugeVec
+	bytes       *prometheus.CounterVec
+}
+
+var (
+	metricsOnce sync.Once
+	metrics     *handlerMetrics
+)
+
+func initMetrics(reg prometheus.Registerer) *handlerMetrics {
+	const ns, sub = "caddy", "layer4_amqp"
+	metricsOnce.Do(func() {
+		metrics = &handlerMetrics{
+			connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: ns, Subsystem: sub, Name: "connections_total",
+				Help: "AMQP client connections by route (the vhost pattern, default or unrouted) and outcome.",
+			}, []string{"route", "outcome"}),
+			active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+				Namespace: ns, Subsystem: sub, Name: "sessions_active",
+				Help: "AMQP sessions currently relayed, by route.",
+			}, []string{"route"}),
+			bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: ns, Subsystem: sub, Name: "relayed_bytes_total",
+				Help: "Bytes relayed after the handshake, by route and direction (upstream: client to broker).",
+			}, []string{"route", "direction"}),
+		}
+	})
+	if reg != nil {
+		for _, c := range []prometheus.Collector{metrics.connections, metrics.active, metrics.bytes} {
+			if err := reg.Register(c); err != nil {
+				var are prometheus.AlreadyRegisteredError
+				if !errors.As(err, &are) {
+					panic(err)
+				}
+			}
+		}
+	}
+	return metrics
+}

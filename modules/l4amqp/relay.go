@@ -1,0 +1,60 @@
+package l4amqp
+
+import (
+	"io"
+	"net"
+	"sync/atomic"
+
+	"github.com/mholt/caddy-l4/layer4"
+)
+
+// relay copies bytes both ways between the client and the broker until both
+// directions end, and returns the bytes sent upstream (client to broker) and
+// downstream. It copies between the raw sockets so that, for two TCP
+// connections, io.Copy uses splice(2); it never wraps either side. Bytes the
+// layer4 connection still buffers are sent first.
+func relay(cx *layer4.Connection, broker net.Conn) (up, down int64, err error) {
+	if pending := cx.MatchingBytes(); len(pending) > 0 {
+		buf := make([]byte, len(pending))
+		n, _ := io.ReadFull(cx, buf)
+		w, err := broker.Write(buf[:n])
+		up += int64(w)
+		if err != nil {
+			return up, 0, err
+		}
+	}
+	client := cx.Conn
+	var upN atomic.Int64
+	errc := make(chan error, 1)
+	go func() {
+		n, err := pipe(broker, client)
+		upN.Store(n)
+		errc <- err
+	}()
+	down, err = pipe(client, broker)
+	if upErr := <-errc; err == nil {
+		err = upErr
+	}
+	return up + upN.Load(), down, err
+}
+
+// pipe copies src to dst. At src's EOF it half-closes dst so the peer sees
+// the end of the stream while the other direction drains; on an error it
+// closes both, which also ends the other direction.
+func pipe(dst, src net.Conn) (int64, error) {
+	n, err := io.Copy(dst, src)
+	if err != nil {
+		_ = dst.Close()
+		_ = src.Close()
+		return n, err
+	}
+	if cw, ok := dst.(closeWriter); ok {
+		_ = cw.CloseWrite()
+	} else {
+		_ = dst.Close()
+	}
+	return n, nil
+}
+
+// closeWriter is implemented by *net.TCPConn and *tls.Conn.
+type closeWriter interface{ CloseWrite() error }

@@ -1,0 +1,323 @@
+package l4amqp
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+
+	"github.com/caddyprelude/prelude/amqp"
+	"github.com/caddyprelude/prelude/modules/farm"
+)
+
+// Outcomes label connections in metrics and debug logs.
+const (
+	outcomeRouted        = "routed"
+	outcomeUnrouted      = "unrouted"
+	outcomeRefused       = "refused"     // the broker closed the handshake
+	outcomeUnreachable   = "unreachable" // no member took the connection
+	outcomeProtocolError = "protocol_error"
+	outcomeTimeout       = "timeout"
+	outcomeClientClosed  = "client_closed"
+)
+
+// session is one client connection while the handler plays broker.
+type session struct {
+	h          *Handler
+	cx         *layer4.Connection
+	remote     net.Addr
+	routeLabel string
+
+	startOk  *amqp.StartOk
+	tuneOk   *amqp.TuneOk
+	open     *amqp.Open
+	user     string
+	offered  amqp.Tune
+	frameMax uint32 // the largest frame the client may send now
+	started  bool   // Connection.Start was sent: Close frames are understood
+}
+
+// closeError is a Connection.Close to send to the client. It carries either
+// the proxy's own reason or the broker's Close, verbatim.
+type closeError struct {
+	amqp.Close
+	outcome string
+}
+
+func (e *closeError) Error() string {
+	return fmt.Sprintf("connection.close %d %s", e.ReplyCode, e.ReplyText)
+}
+
+func closeWith(outcome string, code uint16, format string, args ...any) *closeError {
+	return &closeError{Close: amqp.Close{ReplyCode: code, ReplyText: fmt.Sprintf(format, args...)}, outcome: outcome}
+}
+
+var (
+	errClientClosed = errors.New("client closed the handshake")
+	errBadHeader    = errors.New("not an AMQP 0-9-1 protocol header")
+)
+
+// run drives the session to its end and returns its outcome.
+func (s *session) run() string {
+	s.routeLabel = "unrouted"
+	_ = s.cx.SetDeadline(time.Now().Add(time.Duration(s.h.HandshakeTimeout)))
+	err := s.clientHandshake()
+	if err == nil {
+		return s.routeAndRelay()
+	}
+	return s.fail(err)
+}
+
+// fail ends a session that will not be relayed, telling the client why in
+// the protocol whenever the protocol allows it.
+func (s *session) fail(err error) string {
+	var ce *closeError
+	switch {
+	case errors.Is(err, errBadHeader):
+		_, _ = s.cx.Write(amqp.Header091) // spec 4.2.2: answer with the supported header, then close
+		return outcomeProtocolError
+	case errors.Is(err, errClientClosed):
+		return outcomeClientClosed
+	case errors.As(err, &ce):
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		ce = closeWith(outcomeTimeout, amqp.ReplyConnectionForced,
+			"CONNECTION_FORCED - handshake not completed within %s", time.Duration(s.h.HandshakeTimeout))
+	case errors.Is(err, amqp.ErrFrameTooLarge):
+		ce = closeWith(outcomeProtocolError, amqp.ReplyFrameError, "FRAME_ERROR - %s", trimAMQP(err))
+	case errors.Is(err, amqp.ErrMalformed):
+		ce = closeWith(outcomeProtocolError, amqp.ReplyFrameError, "FRAME_ERROR - %s", trimAMQP(err))
+	default: // the client went away or the socket failed
+		return outcomeClientClosed
+	}
+	if s.started {
+		s.sendClose(&ce.Close)
+	}
+	return ce.outcome
+}
+
+// sendClose sends Close and waits briefly for the client's Close-Ok, so that
+// the client reads the Close before the socket goes away (spec 1.4.2.5).
+func (s *session) sendClose(c *amqp.Close) {
+	if len(c.ReplyText) > 255 {
+		c.ReplyText = c.ReplyText[:252] + "..."
+	}
+	frame, err := amqp.AppendMethodFrame(nil, 0, c)
+	if err != nil {
+		return
+	}
+	_ = s.cx.SetDeadline(time.Now().Add(time.Second))
+	if _, err := s.cx.Write(frame); err != nil {
+		return
+	}
+	for {
+		f, err := amqp.ReadFrame(s.cx, max(s.frameMax, amqp.FrameMinSize))
+		if err != nil {
+			return
+		}
+		if m, err := amqp.ParseMethod(f.Payload); err == nil && f.Type == amqp.FrameMethod {
+			if _, id := m.MethodID(); id == amqp.MethodCloseOk || id == amqp.MethodClose {
+				return
+			}
+		}
+	}
+}
+
+// clientHandshake plays broker up to and including the client's Open.
+func (s *session) clientHandshake() error {
+	hdr := make([]byte, amqp.HeaderLen)
+	if _, err := io.ReadFull(s.cx, hdr); err != nil {
+		return err
+	}
+	if v, _ := amqp.ParseHeader(hdr); v != amqp.Version091 {
+		return errBadHeader
+	}
+	s.frameMax = amqp.FrameMinSize
+	if err := s.send(s.h.startMethod()); err != nil {
+		return err
+	}
+	s.started = true
+	m, err := s.readMethod(amqp.MethodStartOk)
+	if err != nil {
+		return err
+	}
+	s.startOk = m.(*amqp.StartOk)
+	if err := s.checkStartOk(); err != nil {
+		return err
+	}
+	s.offered = s.h.offeredTune()
+	if err := s.send(&s.offered); err != nil {
+		return err
+	}
+	if m, err = s.readMethod(amqp.MethodTuneOk); err != nil {
+		return err
+	}
+	s.tuneOk = m.(*amqp.TuneOk)
+	if err := checkTuneOk(s.offered, *s.tuneOk); err != nil {
+		return err
+	}
+	if s.tuneOk.FrameMax != 0 {
+		s.frameMax = s.tuneOk.FrameMax
+	} else {
+		s.frameMax = s.offered.FrameMax
+	}
+	if m, err = s.readMethod(amqp.MethodOpen); err != nil {
+		return err
+	}
+	s.open = m.(*amqp.Open)
+	return nil
+}
+
+func (s *session) checkStartOk() error {
+	so := s.startOk
+	if so.Mechanism != "PLAIN" && so.Mechanism != "AMQPLAIN" {
+		return closeWith(outcomeProtocolError, amqp.ReplyAccessRefused,
+			"ACCESS_REFUSED - mechanism %q is not offered; use PLAIN or AMQPLAIN", so.Mechanism)
+	}
+	user, err := amqp.Username(so.Mechanism, so.Response)
+	if err != nil {
+		return closeWith(outcomeProtocolError, amqp.ReplyAccessRefused, "ACCESS_REFUSED - malformed %s response", so.Mechanism)
+	}
+	s.user = user
+	return nil
+}
+
+// checkTuneOk enforces spec 1.4.2.6: the client may lower, never raise, the
+// offered limits, and frame-max is at least frame-min-size.
+func checkTuneOk(offer amqp.Tune, got amqp.TuneOk) error {
+	if above(got.ChannelMax, offer.ChannelMax) {
+		return closeWith(outcomeProtocolError, amqp.ReplyNotAllowed,
+			"NOT_ALLOWED - tune-ok channel_max %d is above the offered %d", got.ChannelMax, offer.ChannelMax)
+	}
+	if above(got.FrameMax, offer.FrameMax) {
+		return closeWith(outcomeProtocolError, amqp.ReplyNotAllowed,
+			"NOT_ALLOWED - tune-ok frame_max %d is above the offered %d", got.FrameMax, offer.FrameMax)
+	}
+	if got.FrameMax != 0 && got.FrameMax < amqp.FrameMinSize {
+		return closeWith(outcomeProtocolError, amqp.ReplyNotAllowed,
+			"NOT_ALLOWED - tune-ok frame_max %d is below the minimum %d", got.FrameMax, amqp.FrameMinSize)
+	}
+	return nil
+}
+
+// above reports whether a negotiated value exceeds a limit, where 0 means
+// "no limit" on both sides.
+func above[T uint16 | uint32](v, limit T) bool {
+	return limit != 0 && (v == 0 || v > limit)
+}
+
+// readMethod reads the next method on channel 0, skipping heartbeats. A
+// client Close is answered with Close-Ok and ends the session.
+func (s *session) readMethod(want uint16) (amqp.Method, error) {
+	for {
+		f, err := amqp.ReadFrame(s.cx, s.frameMax)
+		if err != nil {
+			return nil, err
+		}
+		if f.Type == amqp.FrameHeartbeat {
+			continue
+		}
+		if f.Type != amqp.FrameMethod || f.Channel != 0 {
+			return nil, closeWith(outcomeProtocolError, amqp.ReplyUnexpectedFrame,
+				"UNEXPECTED_FRAME - expected %s on channel 0, got a type %d frame on channel %d",
+				amqp.MethodName(amqp.ClassConnection, want), f.Type, f.Channel)
+		}
+		m, err := amqp.ParseMethod(f.Payload)
+		if err != nil {
+			return nil, closeWith(outcomeProtocolError, amqp.ReplySyntaxError, "SYNTAX_ERROR - %s", trimAMQP(err))
+		}
+		class, id := m.MethodID()
+		if class == amqp.ClassConnection && id == amqp.MethodClose {
+			_ = s.send(&amqp.CloseOk{})
+			return nil, errClientClosed
+		}
+		if class != amqp.ClassConnection || id != want {
+			return nil, closeWith(outcomeProtocolError, amqp.ReplyCommandInvalid,
+				"COMMAND_INVALID - expected %s, got %s", amqp.MethodName(amqp.ClassConnection, want), amqp.MethodName(class, id))
+		}
+		return m, nil
+	}
+}
+
+func (s *session) send(m amqp.Method) error {
+	b, err := amqp.AppendMethodFrame(nil, 0, m)
+	if err != nil {
+		return err
+	}
+	_, err = s.cx.Write(b)
+	return err
+}
+
+// routeAndRelay picks the farm for the client's vhost, replays the handshake
+// to one of its members and relays the session.
+func (s *session) routeAndRelay() string {
+	vhost := s.open.VirtualHost
+	f, label := s.h.route(vhost)
+	s.routeLabel = label
+	if f == nil {
+		return s.fail(closeWith(outcomeUnrouted, amqp.ReplyNotAllowed,
+			"NOT_ALLOWED - vhost %s is not routed by this proxy", vhost))
+	}
+	ctx, cancel := s.h.dialContext()
+	defer cancel()
+	var openOk []byte
+	lease, err := f.Dial(ctx, s.remote, func(ctx ctxT, m *farm.Member, conn net.Conn) error {
+		var err error
+		openOk, err = s.replay(ctx, m, conn)
+		return err
+	})
+	var nm *farm.NoMemberError
+	switch {
+	case errors.As(err, &nm):
+		return s.fail(closeWith(outcomeUnreachable, amqp.ReplyConnectionForced,
+			"CONNECTION_FORCED - no broker reachable for vhost %s: %s", vhost, nm.Error()))
+	case err != nil:
+		return s.fail(err)
+	}
+	defer lease.Release()
+	defer lease.Conn.Close()
+	if _, err := s.cx.Write(openOk); err != nil {
+		return outcomeClientClosed
+	}
+	s.setPlaceholders(lease.Member.Addr)
+	_ = s.cx.SetDeadline(time.Time{})
+	s.h.logger.Debug("amqp session routed",
+		zap.String("remote", s.remote.String()), zap.String("upstream", lease.Member.Addr),
+		zap.String("vhost", vhost), zap.String("user", s.user))
+	s.h.metrics.active.WithLabelValues(label).Inc()
+	up, down, err := relay(s.cx, lease.Conn)
+	s.h.metrics.active.WithLabelValues(label).Dec()
+	s.h.metrics.bytes.WithLabelValues(label, "upstream").Add(float64(up))
+	s.h.metrics.bytes.WithLabelValues(label, "downstream").Add(float64(down))
+	s.h.logger.Debug("amqp session ended",
+		zap.String("remote", s.remote.String()), zap.String("upstream", lease.Member.Addr),
+		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
+	return outcomeRouted
+}
+
+func (s *session) setPlaceholders(upstream string) {
+	repl, ok := s.cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return
+	}
+	repl.Set("l4.amqp.vhost", s.open.VirtualHost)
+	repl.Set("l4.amqp.user", s.user)
+	repl.Set("l4.amqp.mechanism", s.startOk.Mechanism)
+	repl.Set("l4.amqp.connection_name", s.startOk.ClientProperties.String("connection_name"))
+	repl.Set("l4.amqp.upstream", upstream)
+}
+
+// trimAMQP drops the package prefix from wire errors for Close texts.
+func trimAMQP(err error) string {
+	msg := err.Error()
+	const p = "amqp: "
+	if len(msg) > len(p) && msg[:len(p)] == p {
+		return msg[len(p):]
+	}
+	return msg
+}

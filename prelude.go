@@ -1,0 +1,11 @@
+// Package prelude registers every Caddy Prelude module. Build Caddy with it:
+//
+//	xcaddy build --with github.com/caddyprelude/prelude
+//
+// or use ./cmd/caddy, which is Caddy with its standard modules, caddy-l4 and
+// this suite.
+package prelude
+
+import (
+	_ "github.com/caddyprelude/prelude/modules/l4amqp"
+)
