@@ -42,8 +42,8 @@ type Handler struct {
 	// Tune limits offered to clients before the broker is known. The offer is
 	// lowered to the strictest limits seen from any member. Defaults: 2047,
 	// 131072, 60 (RabbitMQ's defaults).
-	ChannelMax uint16 `json:"channel_max,omitempty"`
-	FrameMax   uint32 `json:"frame_max,omitempty"`
+	ChannelMax uint16  `json:"channel_max,omitempty"`
+	FrameMax   uint32  `json:"frame_max,omitempty"`
 	Heartbeat  *uint16 `json:"heartbeat,omitempty"`
 
 	limits  *learnedLimits
