@@ -17,11 +17,13 @@ type Lease struct {
 	done   bool
 }
 
-// Release ends the lease's count. It does not close Conn. Safe to call twice.
+// Release ends the lease's count and its hold on the member's shared state.
+// It does not close Conn. Safe to call twice.
 func (l *Lease) Release() {
 	if l != nil && !l.done {
 		l.done = true
 		l.Member.state.active.Add(-1)
+		_, _ = members.Delete(poolKey(l.Member.Addr))
 	}
 }
 
@@ -94,6 +96,9 @@ func (f *Farm) Dial(ctx context.Context, client net.Addr, attempt AttemptFunc) (
 }
 
 func (f *Farm) try(ctx context.Context, m *Member, attempt AttemptFunc) (*Lease, error) {
+	// The lease holds its own reference on the shared state, so that a
+	// reload that drops this farm keeps the count while the session lives.
+	_, _ = members.LoadOrStore(poolKey(m.Addr), m.state)
 	m.state.active.Add(1)
 	lease := &Lease{Member: m}
 	d := net.Dialer{Timeout: time.Duration(f.DialTimeout)}
@@ -142,7 +147,11 @@ func (f *Farm) candidates(ctx context.Context, client net.Addr) ([]*Member, []st
 			healthy = append(healthy, m)
 		}
 	}
-	return append(f.policy(f, healthy, client), f.policy(f, failed, client)...), errs
+	order := f.policy(f, healthy, client)
+	if len(failed) > 0 { // policies with state (round robin) advance once per pick
+		order = append(order, f.policy(f, failed, client)...)
+	}
+	return order, errs
 }
 
 // Members returns the current members, resolving DNS names whose answers

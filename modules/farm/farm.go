@@ -94,8 +94,10 @@ func (m *Member) Active() int64 { return m.state.active.Load() }
 // Failed reports whether the member is sitting out after a failure.
 func (m *Member) Failed(now time.Time) bool { return m.state.failedUntil.Load() > now.UnixNano() }
 
-// Provision applies defaults and parses the addresses.
-func (f *Farm) Provision() error {
+// Provision applies defaults, parses the addresses and registers the member
+// metrics on the config's registry.
+func (f *Farm) Provision(ctx caddy.Context) error {
+	registerMetrics(ctx.GetMetricsRegistry())
 	if f.DialTimeout == 0 {
 		f.DialTimeout = caddy.Duration(DefaultDialTimeout)
 	}
@@ -127,6 +129,11 @@ func (f *Farm) Provision() error {
 	}
 	f.names = map[string]resolution{}
 	f.known = map[string]*Member{}
+	for _, t := range f.targets { // hold static members' state from the start
+		if t.ip != nil {
+			f.member(net.JoinHostPort(t.host, t.port))
+		}
+	}
 	return nil
 }
 
@@ -199,4 +206,6 @@ func (f *Farm) member(addr string) *Member {
 	return m
 }
 
-func poolKey(addr string) string { return "prelude.farm.member/" + addr }
+const poolKeyPrefix = "prelude.farm.member/"
+
+func poolKey(addr string) string { return poolKeyPrefix + addr }

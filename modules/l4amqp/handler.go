@@ -91,12 +91,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 				return fmt.Errorf("routes[%d].vhosts: bad pattern %q: %v", i, p, err)
 			}
 		}
-		if err := r.Farm.Provision(); err != nil {
+		if err := r.Farm.Provision(ctx); err != nil {
 			return fmt.Errorf("routes[%d] (vhost %s): %v", i, r.VHosts[0], err)
 		}
 	}
 	if h.Default != nil {
-		if err := h.Default.Provision(); err != nil {
+		if err := h.Default.Provision(ctx); err != nil {
 			return fmt.Errorf("default: %v", err)
 		}
 	}

@@ -21,7 +21,7 @@ var (
 	metrics     *handlerMetrics
 )
 
-func initMetrics(reg prometheus.Registerer) *handlerMetrics {
+func initMetrics(reg *prometheus.Registry) *handlerMetrics {
 	const ns, sub = "caddy", "layer4_amqp"
 	metricsOnce.Do(func() {
 		metrics = &handlerMetrics{

@@ -1,0 +1,179 @@
+// Package e2e runs Caddy Prelude end to end for tests: an in-process Caddy
+// with its admin API, the real RabbitMQ, rabbitmqctl, a DNS server on
+// loopback and a plain TCP relay. Only tests import it.
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	_ "github.com/caddyserver/caddy/v2/modules/logging"
+	_ "github.com/caddyserver/caddy/v2/modules/metrics"
+	_ "github.com/mholt/caddy-l4"
+)
+
+// CI reports whether the tests run under CI, where a missing peer fails
+// the test instead of skipping it.
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// RequirePeer fails the test (under CI) or skips it (elsewhere) when addr
+// does not accept TCP connections.
+func RequirePeer(t testing.TB, what, addr, hint string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err == nil {
+		_ = c.Close()
+		return
+	}
+	msg := fmt.Sprintf("%s is not reachable at %s (%v); %s", what, addr, err, hint)
+	if CI() {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// FreePort returns a loopback host:port nobody listens on right now.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// Caddy is an in-process Caddy started from a JSON config.
+type Caddy struct {
+	Admin   string // admin API host:port
+	LogFile string
+	secrets []string
+}
+
+var caddyMu sync.Mutex // caddy.Load is process-global: one Caddy at a time
+
+// StartCaddy loads cfg (a JSON object without "admin" and "logging", which
+// are added: admin on a free loopback port, DEBUG logs to a file) and stops
+// Caddy at the end of the test. At the end it also fails the test if any
+// string given to NoLeak appears in the logs.
+func StartCaddy(t testing.TB, cfg map[string]any) *Caddy {
+	t.Helper()
+	caddyMu.Lock()
+	c := &Caddy{Admin: FreePort(t), LogFile: filepath.Join(t.TempDir(), "caddy.log")}
+	if err := c.load(cfg); err != nil {
+		caddyMu.Unlock()
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = caddy.Stop()
+		caddyMu.Unlock()
+		c.checkLeaks(t)
+	})
+	return c
+}
+
+func (c *Caddy) full(cfg map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, v := range cfg {
+		out[k] = v
+	}
+	out["admin"] = map[string]any{"listen": c.Admin, "config": map[string]any{"persist": false}}
+	out["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{
+		"level": "DEBUG", "writer": map[string]any{"output": "file", "filename": c.LogFile},
+	}}}
+	return out
+}
+
+func (c *Caddy) load(cfg map[string]any) error {
+	b, err := json.Marshal(c.full(cfg))
+	if err != nil {
+		return err
+	}
+	return caddy.Load(b, true)
+}
+
+// Reload pushes cfg through the admin API's /load, as an operator would.
+func (c *Caddy) Reload(t testing.TB, cfg map[string]any) {
+	t.Helper()
+	b, _ := json.Marshal(c.full(cfg))
+	req, _ := http.NewRequest(http.MethodPost, "http://"+c.Admin+"/load", bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("POST /load: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var body bytes.Buffer
+		_, _ = body.ReadFrom(resp.Body)
+		t.Fatalf("POST /load: %s: %s", resp.Status, body.String())
+	}
+}
+
+// NoLeak registers strings (passwords) that must never reach the logs.
+func (c *Caddy) NoLeak(secrets ...string) { c.secrets = append(c.secrets, secrets...) }
+
+// Logs returns what Caddy logged so far.
+func (c *Caddy) Logs() string {
+	b, _ := os.ReadFile(c.LogFile)
+	return string(b)
+}
+
+func (c *Caddy) checkLeaks(t testing.TB) {
+	logs := c.Logs()
+	if logs == "" {
+		t.Errorf("caddy wrote no logs to %s: the leak check would be vacuous", c.LogFile)
+	}
+	for _, s := range c.secrets {
+		if strings.Contains(logs, s) {
+			t.Errorf("a secret appears in the logs:\n%s", logs)
+		}
+	}
+}
+
+// Layer4 builds the "apps" part of a config with one layer4 server listening
+// on listen and running routes.
+func Layer4(listen string, routes ...map[string]any) map[string]any {
+	return map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+		"test": map[string]any{"listen": []string{listen}, "routes": routes},
+	}}}}
+}
+
+// Metrics returns the admin API's /metrics text.
+func (c *Caddy) Metrics(t testing.TB) string {
+	t.Helper()
+	resp, err := http.Get("http://" + c.Admin + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return b.String()
+}
+
+// WaitMetric waits up to five seconds for a /metrics line equal to line.
+func (c *Caddy) WaitMetric(t testing.TB, line string) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		last = c.Metrics(t)
+		for _, l := range strings.Split(last, "\n") {
+			if l == line {
+				return
+			}
+		}
+	}
+	t.Fatalf("no metric line %q in:\n%s", line, last)
+}

@@ -1,0 +1,53 @@
+package farm
+
+import (
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// memberCollector exports the shared member state of every farm in the
+// process as caddy_layer4_farm_member_* gauges, read at scrape time.
+type memberCollector struct{}
+
+var (
+	activeDesc = prometheus.NewDesc("caddy_layer4_farm_member_connections",
+		"Live connections to an upstream member, counted across config reloads.", []string{"member"}, nil)
+	failedDesc = prometheus.NewDesc("caddy_layer4_farm_member_failed",
+		"1 while an upstream member sits out after a failure (fail_duration), else 0.", []string{"member"}, nil)
+)
+
+func (memberCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- activeDesc
+	ch <- failedDesc
+}
+
+func (memberCollector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	members.Range(func(k, v any) bool {
+		addr := strings.TrimPrefix(k.(string), poolKeyPrefix)
+		st := v.(*memberState)
+		failed := 0.0
+		if st.failedUntil.Load() > now.UnixNano() {
+			failed = 1
+		}
+		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(st.active.Load()), addr)
+		ch <- prometheus.MustNewConstMetric(failedDesc, prometheus.GaugeValue, failed, addr)
+		return true
+	})
+}
+
+// registerMetrics adds the member collector to reg, once per registry.
+func registerMetrics(reg *prometheus.Registry) {
+	if reg == nil {
+		return
+	}
+	if err := reg.Register(memberCollector{}); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			panic(err)
+		}
+	}
+}
