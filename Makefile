@@ -1,0 +1,40 @@
+# Caddy Prelude. `make run` builds ./caddy and serves the demo; `make test`
+# prepares the machine (scripts/test-deps.sh) and runs every check and test.
+
+GO ?= go
+export CI ?=
+
+.PHONY: all build run test test-deps check bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o caddy ./cmd/caddy
+
+run: build
+	./caddy run --config caddyfile/demo.Caddyfile --adapter caddyfile
+
+test-deps:
+	./scripts/test-deps.sh
+
+check:
+	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test: test-deps check
+	$(GO) build -o /dev/null ./cmd/caddy
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Side-by-side benchmarks: direct vs Caddy Prelude vs caddy-l4's proxy.
+bench: test-deps
+	$(GO) test -run '^$$' -bench . -benchtime 20x -count 1 -timeout 20m ./bench/
+
+# Runs each fuzz target for FUZZTIME (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	for t in FuzzFrames FuzzMethod FuzzTable; do \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./amqp/ || exit 1; \
+	done
+
+clean:
+	rm -f caddy
