@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/logging"
 	_ "github.com/caddyserver/caddy/v2/modules/metrics"
 	_ "github.com/mholt/caddy-l4"
@@ -176,4 +178,19 @@ func (c *Caddy) WaitMetric(t testing.TB, line string) {
 		}
 	}
 	t.Fatalf("no metric line %q in:\n%s", line, last)
+}
+
+// StartCaddyfile adapts a Caddyfile and starts Caddy with it, like
+// StartCaddy (the Caddyfile's own admin and logging settings are replaced).
+func StartCaddyfile(t testing.TB, caddyfile string) *Caddy {
+	t.Helper()
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatalf("adapting the Caddyfile: %v", err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	return StartCaddy(t, cfg)
 }

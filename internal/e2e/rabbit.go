@@ -20,6 +20,7 @@ const (
 	TestPassword = "Pr3lude-pw-7f3a9c"
 	VhostA       = "prelude-a"
 	VhostB       = "prelude-b"
+	VhostOrders  = "/orders" // the vhost of the README's and the examples
 )
 
 var rabbitOnce sync.Once
@@ -38,8 +39,8 @@ func RequireRabbit(t testing.TB) {
 func provisionRabbit() error {
 	// Already there? A direct connection per vhost tells, without rabbitmqctl.
 	ok := true
-	for _, vh := range []string{VhostA, VhostB} {
-		c, err := amqp091.Dial("amqp://" + TestUser + ":" + TestPassword + "@" + RabbitAddr + "/" + vh)
+	for _, vh := range []string{VhostA, VhostB, VhostOrders} {
+		c, err := amqp091.Dial(URL(RabbitAddr, vh))
 		if err != nil {
 			ok = false
 			break
@@ -52,10 +53,11 @@ func provisionRabbit() error {
 	steps := [][]string{
 		{"add_user", TestUser, TestPassword},
 		{"change_password", TestUser, TestPassword},
-		{"add_vhost", VhostA}, {"add_vhost", VhostB},
+		{"add_vhost", VhostA}, {"add_vhost", VhostB}, {"add_vhost", VhostOrders},
 		{"set_permissions", "-p", "/", TestUser, ".*", ".*", ".*"},
 		{"set_permissions", "-p", VhostA, TestUser, ".*", ".*", ".*"},
 		{"set_permissions", "-p", VhostB, TestUser, ".*", ".*", ".*"},
+		{"set_permissions", "-p", VhostOrders, TestUser, ".*", ".*", ".*"},
 	}
 	for _, s := range steps {
 		out, err := Rabbitmqctl(s...)
@@ -77,9 +79,4 @@ func URL(addr, vhost string) string {
 	return "amqp://" + TestUser + ":" + TestPassword + "@" + addr + "/" + urlVhost(vhost)
 }
 
-func urlVhost(v string) string {
-	if v == "/" {
-		return "%2f"
-	}
-	return v
-}
+func urlVhost(v string) string { return strings.ReplaceAll(v, "/", "%2f") }
