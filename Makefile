@@ -27,7 +27,7 @@ test: test-deps check
 
 # Side-by-side benchmarks: direct vs Caddy Prelude vs caddy-l4's proxy.
 bench: test-deps
-	$(GO) test -run '^$$' -bench . -benchtime 20x -count 1 -timeout 20m ./bench/
+	$(GO) test -run '^$$' -bench . -benchtime 20x -count 3 -timeout 20m ./bench/
 
 # Runs each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s
