@@ -61,25 +61,39 @@ type DNS struct {
 	recs map[string][]net.IP // fqdn -> answers
 }
 
-// StartDNS starts a DNS server on a free loopback port.
+// StartDNS starts a DNS server on a free loopback port, UDP and TCP.
 func StartDNS(t testing.TB) *DNS {
 	t.Helper()
 	d := &DNS{recs: map[string][]net.IP{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := listenUDPAndTCP(t)
 	d.Addr = pc.LocalAddr().String()
-	ln, err := net.Listen("tcp", d.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	udp := &dns.Server{PacketConn: pc, Handler: d}
 	tcp := &dns.Server{Listener: ln, Handler: d}
 	go func() { _ = udp.ActivateAndServe() }()
 	go func() { _ = tcp.ActivateAndServe() }()
 	t.Cleanup(func() { _ = udp.Shutdown(); _ = tcp.Shutdown() })
 	return d
+}
+
+// listenUDPAndTCP binds one port for both UDP and TCP, trying again when
+// another process took the TCP side of the port the UDP socket got.
+func listenUDPAndTCP(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	var lastErr error
+	for i := 0; i < 20; i++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		lastErr = err
+		_ = pc.Close()
+	}
+	t.Fatalf("no loopback port free for both UDP and TCP: %v", lastErr)
+	return nil, nil
 }
 
 // Set replaces the answers for name.
