@@ -25,9 +25,15 @@ test: test-deps check
 	$(GO) build -o /dev/null ./cmd/caddy
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-# Side-by-side benchmarks: direct vs Caddy Prelude vs caddy-l4's proxy.
-bench: test-deps
-	$(GO) test -run '^$$' -bench . -benchtime 20x -count 3 -timeout 20m ./bench/
+# Side-by-side benchmarks: direct vs Caddy Prelude vs caddy-l4's proxy, in
+# two layouts (BENCHMARKS.md): everything in one process sharing all CPUs;
+# then ./caddy as its own process on CPU 1, client and broker on CPU 0.
+BENCH = $(GO) test -run '^$$' -bench . -benchtime 20x -count 3 -timeout 20m ./bench/
+bench: test-deps build
+	@echo "== in process, all CPUs shared"
+	$(BENCH)
+	@echo "== ./caddy as its own process on CPU 1; client and broker on CPU 0"
+	PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0 $(BENCH)
 
 # Runs each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s

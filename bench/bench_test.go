@@ -7,8 +7,8 @@ package bench
 import (
 	"io"
 	"net"
+	"os"
 	"sort"
-	"syscall"
 	"testing"
 	"time"
 
@@ -34,7 +34,7 @@ func (p paths) each() [3][2]string {
 
 // startCaddy serves, on three ports: prelude routing every vhost to target,
 // and caddy-l4's proxy forwarding to target.
-func startCaddy(b *testing.B, target string) paths {
+func startCaddy(b *testing.B, target string) (paths, *e2e.Caddy) {
 	prelude, l4proxy := e2e.FreePort(b), e2e.FreePort(b)
 	cfg := map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
 		"prelude": map[string]any{"listen": []string{prelude}, "routes": []any{map[string]any{
@@ -47,9 +47,14 @@ func startCaddy(b *testing.B, target string) paths {
 				"upstreams": []any{map[string]any{"dial": []string{target}}}}},
 		}}},
 	}}}}
-	c := e2e.StartCaddy(b, cfg)
-	c.NoLeak(e2e.TestPassword)
-	return paths{direct: target, prelude: prelude, l4proxy: l4proxy}
+	var c *e2e.Caddy
+	if bin := os.Getenv("PRELUDE_BENCH_CADDY"); bin != "" {
+		c = e2e.StartCaddyProcess(b, bin, os.Getenv("PRELUDE_BENCH_CADDY_CPUS"), cfg)
+	} else {
+		c = e2e.StartCaddy(b, cfg)
+		c.NoLeak(e2e.TestPassword)
+	}
+	return paths{direct: target, prelude: prelude, l4proxy: l4proxy}, c
 }
 
 // BenchmarkConnectionSetup times amqp091.Dial (header to Open-Ok) against
@@ -57,7 +62,7 @@ func startCaddy(b *testing.B, target string) paths {
 // iteration, and reports the median and p99 of each and the ratios to direct.
 func BenchmarkConnectionSetup(b *testing.B) {
 	e2e.RequireRabbit(b)
-	p := startCaddy(b, e2e.RabbitAddr)
+	p, _ := startCaddy(b, e2e.RabbitAddr)
 	samples := map[string][]time.Duration{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -90,7 +95,7 @@ func BenchmarkConnectionSetup(b *testing.B) {
 // path in every iteration, and reports MB/s per path and the ratios.
 func BenchmarkRelayThroughput(b *testing.B) {
 	e2e.RequireRabbit(b) // for the test user; the stream itself needs no RabbitMQ
-	p := startCaddy(b, startStreamingBroker(b))
+	p, caddy := startCaddy(b, startStreamingBroker(b))
 	elapsed, cpu := map[string]time.Duration{}, map[string]time.Duration{}
 	readBuf := make([]byte, 256<<10)
 	b.SetBytes(3 * streamBytes)
@@ -100,10 +105,10 @@ func BenchmarkRelayThroughput(b *testing.B) {
 			b.StopTimer()
 			c := clientHandshake(b, path[1])
 			b.StartTimer()
-			start, cpu0 := time.Now(), cpuTime()
+			start, cpu0 := time.Now(), caddy.CPUTime()
 			n, err := io.CopyBuffer(discard{}, onlyReader{c}, readBuf)
 			elapsed[path[0]] += time.Since(start)
-			cpu[path[0]] += cpuTime() - cpu0
+			cpu[path[0]] += caddy.CPUTime() - cpu0
 			_ = c.Close()
 			if err != nil || n != streamBytes {
 				b.Fatalf("%s: relayed %d of %d bytes: %v", path[0], n, streamBytes, err)
@@ -118,20 +123,14 @@ func BenchmarkRelayThroughput(b *testing.B) {
 	}
 	b.ReportMetric(rate["prelude"]/rate["l4proxy"], "prelude/l4proxy")
 	b.ReportMetric(rate["prelude"]/rate["direct"], "prelude/direct")
-	// CPU the relay adds: the process's CPU time per GB on a path, minus the
-	// direct path's (client and broker alone), so the proxy's own cost.
+	// CPU the relay costs per GB: Caddy's CPU time while a path streams. In
+	// process that includes client and broker, so the direct path's time is
+	// taken off; as its own process, Caddy is idle on the direct path.
 	gb := float64(b.N) * streamBytes / 1e9
 	over := func(name string) float64 { return (cpu[name] - cpu["direct"]).Seconds() / gb * 1000 }
 	b.ReportMetric(over("prelude"), "prelude-cpu-ms/GB")
 	b.ReportMetric(over("l4proxy"), "l4proxy-cpu-ms/GB")
 	b.ReportMetric(over("l4proxy")/over("prelude"), "l4proxy/prelude-cpu")
-}
-
-// cpuTime is the user and system CPU time of the whole process.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // clientHandshake opens an AMQP connection up to Open-Ok by hand, so that

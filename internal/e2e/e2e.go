@@ -61,6 +61,7 @@ type Caddy struct {
 	Admin   string // admin API host:port
 	LogFile string
 	secrets []string
+	pid     int // a Caddy run as its own process; 0 in process
 }
 
 var caddyMu sync.Mutex // caddy.Load is process-global: one Caddy at a time

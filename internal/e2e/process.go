@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// StartCaddyProcess runs a Caddy binary as its own process with cfg (admin
+// and logging added as in StartCaddy), pinned with taskset to cpus if given,
+// and waits until every layer4 listener accepts. It stops at the end of the
+// test, and fails the test if a NoLeak secret reached its logs.
+func StartCaddyProcess(t testing.TB, bin, cpus string, cfg map[string]any) *Caddy {
+	t.Helper()
+	dir := t.TempDir()
+	c := &Caddy{Admin: FreePort(t), LogFile: filepath.Join(dir, "caddy.log")}
+	c.NoLeak(TestPassword)
+	b, _ := json.Marshal(c.full(cfg))
+	cfgFile := filepath.Join(dir, "caddy.json")
+	if err := os.WriteFile(cfgFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{bin, "run", "--config", cfgFile}
+	if cpus != "" {
+		args = append([]string{"taskset", "-c", cpus}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", strings.Join(args, " "), err)
+	}
+	c.pid = cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		c.checkLeaks(t)
+	})
+	for _, addr := range listenAddrs(cfg) {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			conn, err := net.Dial("tcp", addr)
+			if err == nil {
+				_ = conn.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("caddy process not listening on %s: %v", addr, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return c
+}
+
+func listenAddrs(cfg map[string]any) []string {
+	var out []string
+	apps, _ := cfg["apps"].(map[string]any)
+	l4, _ := apps["layer4"].(map[string]any)
+	servers, _ := l4["servers"].(map[string]any)
+	for _, s := range servers {
+		srv, _ := s.(map[string]any)
+		if l, ok := srv["listen"].([]string); ok {
+			out = append(out, l...)
+		}
+	}
+	return out
+}
+
+// CPUTime is the user and system CPU time of the Caddy process started by
+// StartCaddyProcess, from /proc/<pid>/stat (in clock ticks of 10ms), or of
+// this whole process for an in-process Caddy.
+func (c *Caddy) CPUTime() time.Duration {
+	if c.pid == 0 {
+		var ru syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(c.pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// Fields after the ")" that ends the command name: state is field 3,
+	// utime field 14, stime field 15 (proc(5)).
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
