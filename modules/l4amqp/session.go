@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/relay"
 )
 
 // Outcomes label connections in metrics and debug logs.
@@ -290,7 +291,7 @@ func (s *session) routeAndRelay() string {
 		zap.String("remote", s.remote.String()), zap.String("upstream", lease.Member.Addr),
 		zap.String("vhost", vhost), zap.String("user", s.user))
 	s.h.metrics.active.WithLabelValues(label).Inc()
-	up, down, err := relay(s.cx, lease.Conn)
+	up, down, err := relay.Relay(s.cx, lease.Conn)
 	s.h.metrics.active.WithLabelValues(label).Dec()
 	s.h.metrics.bytes.WithLabelValues(label, "upstream").Add(float64(up))
 	s.h.metrics.bytes.WithLabelValues(label, "downstream").Add(float64(down))

@@ -1,4 +1,7 @@
-package l4amqp
+// Package relay is the data path every Caddy Prelude handler ends in: bytes
+// copied both ways between the client's and the upstream's raw sockets, so
+// that Linux moves them with splice(2) (DESIGN.md, "The data path").
+package relay
 
 import (
 	"io"
@@ -8,16 +11,16 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 )
 
-// relay copies bytes both ways between the client and the broker until both
-// directions end, and returns the bytes sent upstream (client to broker) and
+// Relay copies bytes both ways between the client and the upstream until both
+// directions end, and returns the bytes sent upstream (client to upstream) and
 // downstream. It copies between the raw sockets so that, for two TCP
 // connections, io.Copy uses splice(2); it never wraps either side. Bytes the
 // layer4 connection still buffers are sent first.
-func relay(cx *layer4.Connection, broker net.Conn) (up, down int64, err error) {
+func Relay(cx *layer4.Connection, upstream net.Conn) (up, down int64, err error) {
 	if pending := cx.MatchingBytes(); len(pending) > 0 {
 		buf := make([]byte, len(pending))
 		n, _ := io.ReadFull(cx, buf)
-		w, err := broker.Write(buf[:n])
+		w, err := upstream.Write(buf[:n])
 		up += int64(w)
 		if err != nil {
 			return up, 0, err
@@ -27,11 +30,11 @@ func relay(cx *layer4.Connection, broker net.Conn) (up, down int64, err error) {
 	var upN atomic.Int64
 	errc := make(chan error, 1)
 	go func() {
-		n, err := pipe(broker, client)
+		n, err := pipe(upstream, client)
 		upN.Store(n)
 		errc <- err
 	}()
-	down, err = pipe(client, broker)
+	down, err = pipe(client, upstream)
 	if upErr := <-errc; err == nil {
 		err = upErr
 	}

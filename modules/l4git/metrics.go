@@ -1,0 +1,47 @@
+package l4git
+
+import (
+	"errors"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// gitMetrics are the caddy_layer4_git_* collectors, created once per process
+// and registered on each config's registry.
+type gitMetrics struct {
+	requests *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+}
+
+var (
+	metricsOnce sync.Once
+	metrics     *gitMetrics
+)
+
+func initMetrics(reg *prometheus.Registry) *gitMetrics {
+	const ns, sub = "caddy", "layer4_git"
+	metricsOnce.Do(func() {
+		metrics = &gitMetrics{
+			requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: ns, Subsystem: sub, Name: "requests_total",
+				Help: "git:// requests handled, by service and outcome.",
+			}, []string{"service", "outcome"}),
+			bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Namespace: ns, Subsystem: sub, Name: "relayed_bytes_total",
+				Help: "Bytes relayed, by service and direction (upstream: client to server), counted when a connection ends.",
+			}, []string{"service", "direction"}),
+		}
+	})
+	if reg != nil {
+		for _, c := range []prometheus.Collector{metrics.requests, metrics.bytes} {
+			if err := reg.Register(c); err != nil {
+				var are prometheus.AlreadyRegisteredError
+				if !errors.As(err, &are) {
+					panic(err)
+				}
+			}
+		}
+	}
+	return metrics
+}
