@@ -41,6 +41,7 @@ fuzz:
 	for t in FuzzFrames FuzzMethod FuzzTable; do \
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./amqp/ || exit 1; \
 	done
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./git/
 
 clean:
 	rm -f caddy

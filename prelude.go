@@ -9,4 +9,5 @@ package prelude
 import (
 	_ "github.com/caddyprelude/prelude/modules/l4amqp"
 	_ "github.com/caddyprelude/prelude/modules/l4git"
+	_ "github.com/caddyprelude/prelude/modules/l4reply"
 )

@@ -195,3 +195,23 @@ func StartCaddyfile(t testing.TB, caddyfile string) *Caddy {
 	}
 	return StartCaddy(t, cfg)
 }
+
+// StartCaddyfileWith is StartCaddyfile with more apps merged into the
+// adapted config (for apps the Caddyfile cannot express, such as events
+// subscriptions to a test handler).
+func StartCaddyfileWith(t testing.TB, caddyfile string, apps map[string]any) *Caddy {
+	t.Helper()
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatalf("adapting the Caddyfile: %v", err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	all, _ := cfg["apps"].(map[string]any)
+	for k, v := range apps {
+		all[k] = v
+	}
+	return StartCaddy(t, cfg)
+}

@@ -103,6 +103,9 @@ func (f *Farm) try(ctx context.Context, m *Member, attempt AttemptFunc) (*Lease,
 	lease := &Lease{Member: m}
 	d := net.Dialer{Timeout: time.Duration(f.DialTimeout)}
 	conn, err := d.DialContext(ctx, "tcp", m.Addr)
+	if err != nil && ctx.Err() == nil {
+		f.Emit(EventConnectError, map[string]any{"upstream": m.Addr, "error": trimOpError(err).Error()})
+	}
 	if err == nil {
 		lease.Conn = conn
 		if err = attempt(ctx, m, conn); err != nil {

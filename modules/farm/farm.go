@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"go.uber.org/zap"
 )
 
 // Defaults for the options a Farm leaves unset.
@@ -58,6 +60,9 @@ type Farm struct {
 	names   map[string]resolution // DNS name -> last answers
 	known   map[string]*Member    // members this farm holds a pool reference for
 	rr      atomic.Uint64
+	ctx     caddy.Context
+	events  *caddyevents.App
+	logger  *zap.Logger
 }
 
 type target struct {
@@ -98,6 +103,10 @@ func (m *Member) Failed(now time.Time) bool { return m.state.failedUntil.Load() 
 // metrics on the config's registry.
 func (f *Farm) Provision(ctx caddy.Context) error {
 	registerMetrics(ctx.GetMetricsRegistry())
+	f.ctx, f.logger = ctx, ctx.Logger()
+	if app, err := ctx.AppIfConfigured("events"); err == nil { // no events app: no subscribers
+		f.events, _ = app.(*caddyevents.App)
+	}
 	if f.DialTimeout == 0 {
 		f.DialTimeout = caddy.Duration(DefaultDialTimeout)
 	}
@@ -209,3 +218,28 @@ func (f *Farm) member(addr string) *Member {
 const poolKeyPrefix = "prelude.farm.member/"
 
 func poolKey(addr string) string { return poolKeyPrefix + addr }
+
+// Events the farm and its handlers emit on Caddy's event bus.
+const (
+	// EventConnectError: a member could not be dialed. Data: upstream, error.
+	EventConnectError = "upstream_connect_error"
+	// EventInactivityTimeout: a member sent nothing within the handler's
+	// timeout. Data: upstream, timeout.
+	EventInactivityTimeout = "upstream_inactivity_timeout"
+)
+
+// Emit logs an upstream problem at warn level and emits it as a Caddy event,
+// so that operators can alert on it (ProxyMachine's proxy_connect_error and
+// proxy_inactivity_error callbacks).
+func (f *Farm) Emit(event string, data map[string]any) {
+	if f.logger != nil {
+		fields := make([]zap.Field, 0, len(data))
+		for k, v := range data {
+			fields = append(fields, zap.Any(k, v))
+		}
+		f.logger.Warn(event, fields...)
+	}
+	if f.events != nil {
+		f.events.Emit(f.ctx, event, data)
+	}
+}

@@ -13,6 +13,7 @@ import (
 //		rewrite <template>
 //		error <message>
 //		request_timeout <duration>
+//		first_byte_timeout <duration>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // handler name
@@ -37,15 +38,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.Error = d.Val()
 			}
-		case "request_timeout":
+		case "request_timeout", "first_byte_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
 			v, err := caddy.ParseDuration(d.Val())
 			if err != nil {
-				return d.Errf("request_timeout: %v", err)
+				return d.Errf("%s: %v", opt, err)
 			}
-			h.RequestTimeout = caddy.Duration(v)
+			if opt == "request_timeout" {
+				h.RequestTimeout = caddy.Duration(v)
+			} else {
+				h.FirstByteTimeout = caddy.Duration(v)
+			}
 		default:
 			return d.Errf("unknown git handler option %q", opt)
 		}

@@ -36,6 +36,9 @@ type Handler struct {
 	Error string `json:"error,omitempty"`
 	// Time allowed to read the whole first request. Default 10s.
 	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
+	// Time the upstream may take to send its first byte after the request
+	// (ProxyMachine's inactivity_timeout). Zero (the default) waits forever.
+	FirstByteTimeout caddy.Duration `json:"first_byte_timeout,omitempty"`
 
 	logger  *zap.Logger
 	metrics *gitMetrics
@@ -112,13 +115,26 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	defer lease.Conn.Close()
 	repl.Set("l4.git.upstream", lease.Member.Addr)
 	repl.Set("l4.git.upstream_repo", fwd.Path)
+	var first int64
+	if h.FirstByteTimeout > 0 {
+		first, err = relay.AwaitFirstByte(cx, lease.Conn, time.Duration(h.FirstByteTimeout))
+		if errors.Is(err, relay.ErrNoFirstByte) {
+			h.Emit(farm.EventInactivityTimeout, map[string]any{"upstream": lease.Member.Addr,
+				"timeout": time.Duration(h.FirstByteTimeout).String(), "repo": req.Path})
+			return h.finish(cx, req, outcomeUnreachable, fmt.Sprintf("repository server for %s did not answer within %s",
+				req.Path, time.Duration(h.FirstByteTimeout)))
+		}
+		if err != nil {
+			return h.finish(cx, req, outcomeUnreachable, "")
+		}
+	}
 	h.logger.Debug("git request routed", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", lease.Member.Addr), zap.String("service", req.Service),
 		zap.String("repo", req.Path), zap.String("upstream_repo", fwd.Path))
 	up, down, err := relay.Relay(cx, lease.Conn)
 	h.metrics.requests.WithLabelValues(req.Service, outcomeProxied).Inc()
 	h.metrics.bytes.WithLabelValues(req.Service, "upstream").Add(float64(up + int64(len(out))))
-	h.metrics.bytes.WithLabelValues(req.Service, "downstream").Add(float64(down))
+	h.metrics.bytes.WithLabelValues(req.Service, "downstream").Add(float64(first + down))
 	h.logger.Debug("git connection ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
 	return nil
@@ -134,7 +150,9 @@ func (h *Handler) finish(cx *layer4.Connection, req *git.Request, outcome, msg s
 	h.metrics.requests.WithLabelValues(service, outcome).Inc()
 	if msg != "" {
 		_ = cx.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = cx.Write(git.AppendError(nil, msg))
+		if _, err := cx.Write(git.AppendError(nil, msg)); err == nil {
+			relay.CloseAfterReply(cx.Conn, time.Second)
+		}
 	}
 	return nil
 }

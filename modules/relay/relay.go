@@ -4,9 +4,12 @@
 package relay
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/mholt/caddy-l4/layer4"
 )
@@ -61,3 +64,42 @@ func pipe(dst, src net.Conn) (int64, error) {
 
 // closeWriter is implemented by *net.TCPConn and *tls.Conn.
 type closeWriter interface{ CloseWrite() error }
+
+// ErrNoFirstByte means the upstream sent nothing within the timeout given
+// to AwaitFirstByte.
+var ErrNoFirstByte = errors.New("upstream sent nothing")
+
+// AwaitFirstByte waits up to timeout for the upstream's first byte and
+// passes it to the client, so that a handler can still answer in its own
+// protocol when the upstream stays silent (nothing has reached the client
+// yet). It reads one byte: the relay that follows stays on the splice path.
+func AwaitFirstByte(client, upstream net.Conn, timeout time.Duration) (int64, error) {
+	_ = upstream.SetReadDeadline(time.Now().Add(timeout))
+	var b [1]byte
+	n, err := upstream.Read(b[:])
+	_ = upstream.SetReadDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, ErrNoFirstByte
+	}
+	if n == 0 {
+		return 0, err
+	}
+	if _, err := client.Write(b[:n]); err != nil {
+		return 0, err
+	}
+	return int64(n), nil
+}
+
+// CloseAfterReply ends a connection the proxy has just answered (an ERR
+// line, a refusal): it half-closes, then reads and discards what the client
+// still sends for up to linger, so that closing with unread input does not
+// turn into a TCP reset that can destroy the answer before the client
+// reads it.
+func CloseAfterReply(c net.Conn, linger time.Duration) {
+	if cw, ok := c.(closeWriter); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(linger))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+	_ = c.Close()
+}
