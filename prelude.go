@@ -10,4 +10,5 @@ import (
 	_ "github.com/caddyprelude/prelude/modules/l4amqp"
 	_ "github.com/caddyprelude/prelude/modules/l4git"
 	_ "github.com/caddyprelude/prelude/modules/l4reply"
+	_ "github.com/caddyprelude/prelude/modules/l4socks4"
 )

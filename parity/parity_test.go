@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -35,6 +38,12 @@ const (
 	cfgCloseMessage = `route {
 	reply "go away\n" close
 }`
+	cfgSOCKS4 = `@socks4 socks4
+route @socks4 {
+	socks4 {
+		allow 127.0.0.0/8
+	}
+}`
 	cfgConnectTimeout = `@git git
 route @git {
 	git {
@@ -56,7 +65,7 @@ func TestDocShowsTheTestedConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []string{cfgRemote, cfgReply, cfgClose, cfgCloseMessage, cfgConnectTimeout, cfgInactivity} {
+	for _, c := range []string{cfgSOCKS4, cfgRemote, cfgReply, cfgClose, cfgCloseMessage, cfgConnectTimeout, cfgInactivity} {
 		if !bytes.Contains(doc, []byte(c)) {
 			t.Errorf("docs/proxymachine.md does not show this tested config:\n%s", c)
 		}
@@ -246,5 +255,26 @@ func TestInactivityTimeoutIsReportedLoggedAndEmitted(t *testing.T) {
 	}
 	if !strings.Contains(c.Logs(), `"msg":"upstream_inactivity_timeout"`) {
 		t.Fatalf("inactivity not logged")
+	}
+}
+
+func TestSOCKS4WithCurl(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is required")
+	}
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "through socks4: "+r.URL.Path)
+	}))
+	defer web.Close()
+	_, addr := start(t, cfgSOCKS4, nil)
+	out, err := exec.Command("curl", "-sS", "-m", "5", "--socks4", addr, web.URL+"/hello").CombinedOutput()
+	if err != nil || string(out) != "through socks4: /hello" {
+		t.Fatalf("curl --socks4: %v: %s", err, out)
+	}
+	// A destination outside allow gets SOCKS4's "rejected" reply, which
+	// curl reports as such.
+	out, err = exec.Command("curl", "-sS", "-m", "5", "--socks4", addr, "http://192.0.2.1/").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "request rejected") {
+		t.Fatalf("disallowed destination: %v: %s", err, out)
 	}
 }
