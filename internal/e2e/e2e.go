@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -61,7 +62,8 @@ type Caddy struct {
 	Admin   string // admin API host:port
 	LogFile string
 	secrets []string
-	pid     int // a Caddy run as its own process; 0 in process
+	pid     int       // a Caddy run as its own process; 0 in process
+	cmd     *exec.Cmd // that process
 }
 
 var caddyMu sync.Mutex // caddy.Load is process-global: one Caddy at a time

@@ -36,7 +36,7 @@ func StartCaddyProcess(t testing.TB, bin, cpus string, cfg map[string]any) *Cadd
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", strings.Join(args, " "), err)
 	}
-	c.pid = cmd.Process.Pid
+	c.pid, c.cmd = cmd.Process.Pid, cmd
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -95,4 +95,37 @@ func (c *Caddy) CPUTime() time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// Signal sends sig to a Caddy started by StartCaddyProcess.
+func (c *Caddy) Signal(t testing.TB, sig os.Signal) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Exited waits up to timeout for the Caddy process to exit.
+func (c *Caddy) Exited(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() { _, _ = c.cmd.Process.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// BuildCaddy builds ./cmd/caddy into a temporary directory and returns the
+// binary's path.
+func BuildCaddy(t testing.TB, repoRoot string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "caddy")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/caddy")
+	cmd.Dir = repoRoot
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/caddy: %v\n%s", err, out)
+	}
+	return bin
 }

@@ -4,14 +4,18 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
 )
 
 // Relay copies bytes both ways between the client and the upstream until both
@@ -20,6 +24,9 @@ import (
 // connections, io.Copy uses splice(2); it never wraps either side. Bytes the
 // layer4 connection still buffers are sent first.
 func Relay(cx *layer4.Connection, upstream net.Conn) (up, down int64, err error) {
+	registerDrain.Do(func() { caddy.OnExit(drainOnExit) })
+	active.Add(1)
+	defer active.Add(-1)
 	if pending := cx.MatchingBytes(); len(pending) > 0 {
 		buf := make([]byte, len(pending))
 		n, _ := io.ReadFull(cx, buf)
@@ -102,4 +109,34 @@ func CloseAfterReply(c net.Conn, linger time.Duration) {
 	_ = c.SetReadDeadline(time.Now().Add(linger))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
 	_ = c.Close()
+}
+
+// DrainTimeout is how long a Caddy that is exiting gracefully (SIGTERM,
+// `caddy stop`) waits for relayed sessions to end on their own. Its
+// listeners are closed first, so no new session starts meanwhile. SIGQUIT
+// exits at once.
+const DrainTimeout = 30 * time.Second
+
+var (
+	active        atomic.Int64 // sessions in Relay, process-wide
+	registerDrain sync.Once
+)
+
+// Active is the number of sessions being relayed in this process.
+func Active() int64 { return active.Load() }
+
+func drainOnExit(context.Context) {
+	n := active.Load()
+	if n == 0 {
+		return
+	}
+	log := caddy.Log().Named("layer4.relay")
+	log.Info("waiting for relayed sessions to end", zap.Int64("sessions", n), zap.Duration("timeout", DrainTimeout))
+	for deadline := time.Now().Add(DrainTimeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if active.Load() == 0 {
+			log.Info("all relayed sessions ended")
+			return
+		}
+	}
+	log.Warn("drain timeout: exiting with sessions open", zap.Int64("sessions", active.Load()))
 }
