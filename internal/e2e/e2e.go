@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -216,4 +217,20 @@ func StartCaddyfileWith(t testing.TB, caddyfile string, apps map[string]any) *Ca
 		all[k] = v
 	}
 	return StartCaddy(t, cfg)
+}
+
+// MetricValue returns the value of one series ("name{labels}") from
+// /metrics, or 0 when it is absent.
+func (c *Caddy) MetricValue(t testing.TB, series string) float64 {
+	t.Helper()
+	for _, l := range strings.Split(c.Metrics(t), "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", l, err)
+			}
+			return f
+		}
+	}
+	return 0
 }

@@ -123,6 +123,14 @@ func TestLsRemoteFetchArchive(t *testing.T) {
 
 func TestErrorRoutesReachGitStderr(t *testing.T) {
 	w := startWorld(t)
+	before := map[string]float64{}
+	for _, series := range []string{
+		`caddy_layer4_git_requests_total{outcome="error_reply",service="receive-pack"}`,
+		`caddy_layer4_git_requests_total{outcome="error_reply",service="upload-pack"}`,
+		`caddy_layer4_git_requests_total{outcome="proxied",service="upload-pack"}`,
+	} {
+		before[series] = w.caddy.MetricValue(t, series)
+	}
 	work := t.TempDir()
 	e2e.MustGit(t, work, "clone", "-q", "git://"+w.proxy+"/alice/proj.git", "c")
 	_, errOut, err := e2e.Git(t, filepath.Join(work, "c"), "push", "origin", "HEAD:refs/heads/x")
@@ -132,6 +140,17 @@ func TestErrorRoutesReachGitStderr(t *testing.T) {
 	_, errOut, err = e2e.Git(t, t.TempDir(), "ls-remote", "git://"+w.proxy+"/bob/tools.git")
 	if err == nil || !strings.Contains(errOut, "fatal: remote error: no such repository: /bob/tools.git") {
 		t.Fatalf("unknown repo: %v\n%s", err, errOut)
+	}
+	// The counters ProxyMachine kept in its process title are metrics here
+	// (process-wide, so compare with the values before this test).
+	for series, want := range map[string]float64{
+		`caddy_layer4_git_requests_total{outcome="error_reply",service="receive-pack"}`: 1,
+		`caddy_layer4_git_requests_total{outcome="error_reply",service="upload-pack"}`:  1,
+		`caddy_layer4_git_requests_total{outcome="proxied",service="upload-pack"}`:      1,
+	} {
+		if got := w.caddy.MetricValue(t, series) - before[series]; got != want {
+			t.Errorf("%s rose by %v, want %v", series, got, want)
+		}
 	}
 }
 
