@@ -1,0 +1,181 @@
+// Package foo is the Foo line protocol: its line parser, a stream scanner
+// that reassembles lines split across writes, and an analyzer that counts
+// messages, measures request-to-response latency and keeps true
+// per-second rates over sliding windows, with snapshots that serialise and
+// restore. It imports only the standard library.
+//
+//	Msg  := Type SP Seq [SP Data] LF
+//	Type := "REQ" | "ACK" | "NAK"
+//	Seq  := decimal integer
+package foo
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Type is a message type.
+type Type uint8
+
+// Message types.
+const (
+	REQ Type = iota + 1
+	ACK
+	NAK
+)
+
+func (t Type) String() string {
+	switch t {
+	case REQ:
+		return "REQ"
+	case ACK:
+		return "ACK"
+	case NAK:
+		return "NAK"
+	}
+	return "invalid"
+}
+
+// ErrMalformed means a line is not a Foo message.
+var ErrMalformed = errors.New("foo: malformed line")
+
+// Msg is one parsed line. Data aliases the input.
+type Msg struct {
+	Type Type
+	Seq  uint64
+	Data []byte
+}
+
+// ParseLine parses one line without its LF.
+func ParseLine(line []byte) (Msg, error) {
+	if len(line) < 5 || line[3] != ' ' {
+		return Msg{}, fmt.Errorf("%w: %d bytes", ErrMalformed, len(line))
+	}
+	var m Msg
+	switch string(line[:3]) {
+	case "REQ":
+		m.Type = REQ
+	case "ACK":
+		m.Type = ACK
+	case "NAK":
+		m.Type = NAK
+	default:
+		return Msg{}, fmt.Errorf("%w: unknown type", ErrMalformed)
+	}
+	rest := line[4:]
+	seq, data, hasData := bytes.Cut(rest, []byte{' '})
+	if len(seq) == 0 || len(seq) > 20 {
+		return Msg{}, fmt.Errorf("%w: bad seq length %d", ErrMalformed, len(seq))
+	}
+	for _, c := range seq {
+		if c < '0' || c > '9' {
+			return Msg{}, fmt.Errorf("%w: seq is not decimal", ErrMalformed)
+		}
+	}
+	n, err := strconv.ParseUint(string(seq), 10, 64)
+	if err != nil {
+		return Msg{}, fmt.Errorf("%w: seq out of range", ErrMalformed)
+	}
+	m.Seq = n
+	if hasData {
+		m.Data = data
+	}
+	return m, nil
+}
+
+// MatchFirstLine decides whether b starts like a client's first Foo line,
+// "REQ <digits>", looking at no more than maxPrefix bytes. It returns
+// (true, seq) on a decision to match, ErrNeedMore while b is a valid prefix,
+// and false otherwise.
+func MatchFirstLine(b []byte) (bool, uint64, error) {
+	const head = "REQ "
+	k := min(len(b), len(head))
+	if string(b[:k]) != head[:k] {
+		return false, 0, nil
+	}
+	if len(b) <= len(head) {
+		return false, 0, ErrNeedMore
+	}
+	digits := 0
+	for _, c := range b[len(head):] {
+		if c < '0' || c > '9' {
+			break
+		}
+		digits++
+		if digits > 20 {
+			return false, 0, nil
+		}
+	}
+	if digits == 0 {
+		return false, 0, nil
+	}
+	end := len(head) + digits
+	if end == len(b) {
+		return false, 0, ErrNeedMore // the seq may go on
+	}
+	if c := b[end]; c != ' ' && c != '\n' {
+		return false, 0, nil
+	}
+	seq, err := strconv.ParseUint(string(b[len(head):end]), 10, 64)
+	if err != nil {
+		return false, 0, nil
+	}
+	return true, seq, nil
+}
+
+// ErrNeedMore means more bytes are needed to decide.
+var ErrNeedMore = errors.New("foo: need more bytes")
+
+// Scanner splits a byte stream into lines as it flows by, however the
+// stream is cut into writes. It keeps at most max bytes of a partial line.
+type Scanner struct {
+	max     int
+	partial []byte
+}
+
+// ErrLineTooLong means a line exceeded the scanner's limit.
+var ErrLineTooLong = errors.New("foo: line too long")
+
+// NewScanner returns a scanner for lines of at most max bytes (LF excluded).
+func NewScanner(max int) *Scanner { return &Scanner{max: max} }
+
+// Feed passes each complete line in b (without its LF) to fn, keeping the
+// rest for the next call. It stops with ErrLineTooLong when a line grows
+// past the limit.
+func (s *Scanner) Feed(b []byte, fn func(line []byte)) error {
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			if len(s.partial)+len(b) > s.max {
+				return ErrLineTooLong
+			}
+			s.partial = append(s.partial, b...)
+			return nil
+		}
+		if len(s.partial) > 0 {
+			if len(s.partial)+i > s.max {
+				return ErrLineTooLong
+			}
+			s.partial = append(s.partial, b[:i]...)
+			fn(s.partial)
+			s.partial = s.partial[:0]
+		} else {
+			if i > s.max {
+				return ErrLineTooLong
+			}
+			fn(b[:i])
+		}
+		b = b[i+1:]
+	}
+	return nil
+}
+
+// Flush passes a final line that had no LF to fn, if there is one.
+func (s *Scanner) Flush(fn func(line []byte)) {
+	if len(s.partial) > 0 {
+		fn(s.partial)
+		s.partial = s.partial[:0]
+	}
+}

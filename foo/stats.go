@@ -1,0 +1,215 @@
+package foo
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Stats is one named set of Foo counters, shared by every connection that
+// reports to it. All methods are safe for concurrent use.
+type Stats struct {
+	now func() time.Time
+
+	req, ack, nak, invalid atomic.Uint64
+	active                 atomic.Int64
+	requests, responses    Window
+
+	latMu   sync.Mutex
+	lat     [latencySamples]time.Duration
+	latN    int // samples written so far (the ring holds the last latencySamples)
+	restore time.Time
+}
+
+// latencySamples is how many recent request->response latencies the
+// percentiles are computed from.
+const latencySamples = 4096
+
+// maxOutstanding bounds the Seqs one connection tracks for latency.
+const maxOutstanding = 1 << 16
+
+// NewStats returns empty stats; now may be nil for time.Now.
+func NewStats(now func() time.Time) *Stats {
+	if now == nil {
+		now = time.Now
+	}
+	return &Stats{now: now}
+}
+
+// Conn analyses one proxied connection: lines from the client must be REQ,
+// lines from the server ACK or NAK; anything else is counted invalid.
+type Conn struct {
+	s           *Stats
+	mu          sync.Mutex
+	outstanding map[uint64]time.Time
+}
+
+// Open starts analysing a connection; Close it when the connection ends.
+func (s *Stats) Open() *Conn {
+	s.active.Add(1)
+	return &Conn{s: s, outstanding: map[uint64]time.Time{}}
+}
+
+// Close ends the connection's analysis.
+func (c *Conn) Close() { c.s.active.Add(-1) }
+
+// ClientLine observes one line the client sent (without LF).
+func (c *Conn) ClientLine(line []byte) {
+	m, err := ParseLine(line)
+	if err != nil || m.Type != REQ {
+		c.s.invalid.Add(1)
+		return
+	}
+	now := c.s.now()
+	c.s.req.Add(1)
+	c.s.requests.Add(now, 1)
+	c.mu.Lock()
+	if len(c.outstanding) < maxOutstanding {
+		if _, dup := c.outstanding[m.Seq]; !dup {
+			c.outstanding[m.Seq] = now
+		}
+	}
+	c.mu.Unlock()
+}
+
+// ServerLine observes one line the server sent (without LF).
+func (c *Conn) ServerLine(line []byte) {
+	m, err := ParseLine(line)
+	if err != nil || m.Type == REQ {
+		c.s.invalid.Add(1)
+		return
+	}
+	now := c.s.now()
+	if m.Type == ACK {
+		c.s.ack.Add(1)
+	} else {
+		c.s.nak.Add(1)
+	}
+	c.s.responses.Add(now, 1)
+	c.mu.Lock()
+	sent, ok := c.outstanding[m.Seq]
+	delete(c.outstanding, m.Seq)
+	c.mu.Unlock()
+	if ok {
+		c.s.observeLatency(now.Sub(sent))
+	}
+}
+
+// Invalid counts a line that could not even be scanned (over the length
+// limit).
+func (s *Stats) Invalid() { s.invalid.Add(1) }
+
+func (s *Stats) observeLatency(d time.Duration) {
+	s.latMu.Lock()
+	s.lat[s.latN%latencySamples] = d
+	s.latN++
+	s.latMu.Unlock()
+}
+
+// Report is the stats JSON: the reference proxy's field names, plus what it
+// lacked. Rates are messages per second.
+type Report struct {
+	MsgTotal        uint64  `json:"msg_total"`
+	MsgReq          uint64  `json:"msg_req"`
+	MsgAck          uint64  `json:"msg_ack"`
+	MsgNak          uint64  `json:"msg_nak"`
+	RequestRate1s   float64 `json:"request_rate_1s"`
+	RequestRate10s  float64 `json:"request_rate_10s"`
+	ResponseRate1s  float64 `json:"response_rate_1s"`
+	ResponseRate10s float64 `json:"response_rate_10s"`
+	InvalidLines    uint64  `json:"invalid_lines"`
+	ActiveConns     int64   `json:"active_connections"`
+	LatencyP50ms    float64 `json:"latency_p50_ms"`
+	LatencyP90ms    float64 `json:"latency_p90_ms"`
+	LatencyP99ms    float64 `json:"latency_p99_ms"`
+	LatencySamples  int     `json:"latency_samples"`
+}
+
+// Report returns the current figures.
+func (s *Stats) Report() Report {
+	now := s.now()
+	r := Report{
+		MsgReq: s.req.Load(), MsgAck: s.ack.Load(), MsgNak: s.nak.Load(),
+		InvalidLines: s.invalid.Load(), ActiveConns: s.active.Load(),
+		RequestRate1s:   s.requests.Rate(now, time.Second),
+		RequestRate10s:  s.requests.Rate(now, 10*time.Second),
+		ResponseRate1s:  s.responses.Rate(now, time.Second),
+		ResponseRate10s: s.responses.Rate(now, 10*time.Second),
+	}
+	r.MsgTotal = r.MsgReq + r.MsgAck + r.MsgNak
+	s.latMu.Lock()
+	n := min(s.latN, latencySamples)
+	samples := slices.Clone(s.lat[:n])
+	s.latMu.Unlock()
+	if n > 0 {
+		slices.Sort(samples)
+		pick := func(q float64) float64 {
+			return float64(samples[min(n-1, int(q*float64(n)))]) / float64(time.Millisecond)
+		}
+		r.LatencyP50ms, r.LatencyP90ms, r.LatencyP99ms, r.LatencySamples = pick(0.5), pick(0.9), pick(0.99), n
+	}
+	return r
+}
+
+// Snapshot is the persisted state: totals and both rate windows.
+type Snapshot struct {
+	Version   int       `json:"version"`
+	SavedAt   time.Time `json:"saved_at"`
+	Req       uint64    `json:"msg_req"`
+	Ack       uint64    `json:"msg_ack"`
+	Nak       uint64    `json:"msg_nak"`
+	Invalid   uint64    `json:"invalid_lines"`
+	Head      int64     `json:"bucket_head"` // newest 100 ms bucket, unix time / 100 ms
+	Requests  []uint64  `json:"request_buckets"`
+	Responses []uint64  `json:"response_buckets"`
+}
+
+const snapshotVersion = 1
+
+// Snapshot captures the state to persist.
+func (s *Stats) Snapshot() Snapshot {
+	now := s.now()
+	s.requests.Rate(now, bucketWidth) // advance both windows to now
+	s.responses.Rate(now, bucketWidth)
+	req, head := s.requests.snapshot()
+	resp, _ := s.responses.snapshot()
+	return Snapshot{Version: snapshotVersion, SavedAt: now, Req: s.req.Load(), Ack: s.ack.Load(),
+		Nak: s.nak.Load(), Invalid: s.invalid.Load(), Head: head, Requests: req, Responses: resp}
+}
+
+// MarshalSnapshot encodes a snapshot.
+func MarshalSnapshot(sn Snapshot) ([]byte, error) { return json.Marshal(sn) }
+
+// ErrBadSnapshot means a snapshot could not be decoded or is inconsistent.
+var ErrBadSnapshot = errors.New("foo: bad snapshot")
+
+// UnmarshalSnapshot decodes and checks a snapshot.
+func UnmarshalSnapshot(b []byte) (Snapshot, error) {
+	var sn Snapshot
+	if err := json.Unmarshal(b, &sn); err != nil {
+		return Snapshot{}, fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+	}
+	if sn.Version != snapshotVersion || len(sn.Requests) != windowBuckets || len(sn.Responses) != windowBuckets {
+		return Snapshot{}, fmt.Errorf("%w: version %d with %d/%d buckets", ErrBadSnapshot,
+			sn.Version, len(sn.Requests), len(sn.Responses))
+	}
+	return sn, nil
+}
+
+// Restore adds a snapshot's totals to s; its rate windows are restored only
+// when the snapshot is younger than 10 s, and only the buckets still inside
+// the window count.
+func (s *Stats) Restore(sn Snapshot) {
+	s.req.Add(sn.Req)
+	s.ack.Add(sn.Ack)
+	s.nak.Add(sn.Nak)
+	s.invalid.Add(sn.Invalid)
+	if s.now().Sub(sn.SavedAt) < windowBuckets*bucketWidth {
+		s.requests.restore(sn.Requests, sn.Head)
+		s.responses.restore(sn.Responses, sn.Head)
+	}
+}
