@@ -8,7 +8,9 @@ package prelude
 
 import (
 	_ "github.com/caddyprelude/prelude/modules/l4amqp"
+	_ "github.com/caddyprelude/prelude/modules/l4foo"
 	_ "github.com/caddyprelude/prelude/modules/l4git"
 	_ "github.com/caddyprelude/prelude/modules/l4reply"
 	_ "github.com/caddyprelude/prelude/modules/l4socks4"
+	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
 )

@@ -1,0 +1,65 @@
+package l4foo
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector exports every stats set as caddy_layer4_foo_* metrics, read at
+// scrape time so that restored totals are included.
+type collector struct{}
+
+var (
+	descMessages = prometheus.NewDesc("caddy_layer4_foo_messages_total",
+		"Foo messages seen, by stats set and type (req, ack, nak); restored across restarts.", []string{"stats", "type"}, nil)
+	descInvalid = prometheus.NewDesc("caddy_layer4_foo_invalid_lines_total",
+		"Lines that were not a message for their direction, or over max_line.", []string{"stats"}, nil)
+	descActive = prometheus.NewDesc("caddy_layer4_foo_connections_active",
+		"Connections being proxied.", []string{"stats"}, nil)
+	descRate = prometheus.NewDesc("caddy_layer4_foo_rate_per_second",
+		"Messages per second over a sliding window.", []string{"stats", "direction", "window"}, nil)
+	descLatency = prometheus.NewDesc("caddy_layer4_foo_latency_seconds",
+		"Request to response latency over the last 4096 answers.", []string{"stats", "quantile"}, nil)
+)
+
+func (collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descMessages, descInvalid, descActive, descRate, descLatency} {
+		ch <- d
+	}
+}
+
+func (collector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range AllSets() {
+		r := s.Stats.Report()
+		c := func(d *prometheus.Desc, t prometheus.ValueType, v float64, l ...string) {
+			ch <- prometheus.MustNewConstMetric(d, t, v, append([]string{s.Name}, l...)...)
+		}
+		c(descMessages, prometheus.CounterValue, float64(r.MsgReq), "req")
+		c(descMessages, prometheus.CounterValue, float64(r.MsgAck), "ack")
+		c(descMessages, prometheus.CounterValue, float64(r.MsgNak), "nak")
+		c(descInvalid, prometheus.CounterValue, float64(r.InvalidLines))
+		c(descActive, prometheus.GaugeValue, float64(r.ActiveConns))
+		c(descRate, prometheus.GaugeValue, r.RequestRate1s, "request", "1s")
+		c(descRate, prometheus.GaugeValue, r.RequestRate10s, "request", "10s")
+		c(descRate, prometheus.GaugeValue, r.ResponseRate1s, "response", "1s")
+		c(descRate, prometheus.GaugeValue, r.ResponseRate10s, "response", "10s")
+		if r.LatencySamples > 0 {
+			c(descLatency, prometheus.GaugeValue, r.LatencyP50ms/1000, "0.5")
+			c(descLatency, prometheus.GaugeValue, r.LatencyP90ms/1000, "0.9")
+			c(descLatency, prometheus.GaugeValue, r.LatencyP99ms/1000, "0.99")
+		}
+	}
+}
+
+func registerMetrics(reg *prometheus.Registry) {
+	if reg == nil {
+		return
+	}
+	if err := reg.Register(collector{}); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			panic(err)
+		}
+	}
+}

@@ -1,0 +1,83 @@
+// Package preludeadmin is admin.api.prelude: Caddy Prelude's runtime
+// endpoints under /prelude/ on Caddy's admin API. Configuration itself goes
+// through Caddy's own /load and /config.
+package preludeadmin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddyprelude/prelude/modules/l4foo"
+)
+
+func init() {
+	caddy.RegisterModule(Admin{})
+}
+
+// Admin serves:
+//
+//	GET /prelude/foo/stats[?name=<set>]   the stats JSON of a Foo stats set
+//	GET /prelude/foo/health[?name=<set>]  200 if a member of its farms accepts a TCP connect, else 503
+type Admin struct{}
+
+// CaddyModule returns the Caddy module information.
+func (Admin) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.prelude",
+		New: func() caddy.Module { return new(Admin) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a Admin) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/prelude/foo/stats", Handler: caddy.AdminHandlerFunc(a.fooStats)},
+		{Pattern: "/prelude/foo/health", Handler: caddy.AdminHandlerFunc(a.fooHealth)},
+	}
+}
+
+func fooSet(r *http.Request) (*l4foo.Set, error) {
+	if r.Method != http.MethodGet {
+		return nil, caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method not allowed")}
+	}
+	name := r.URL.Query().Get("name")
+	if name == "" {
+		name = "default"
+	}
+	s, ok := l4foo.LookupSet(name)
+	if !ok {
+		return nil, caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no foo stats set %q in the running config", name)}
+	}
+	return s, nil
+}
+
+func (Admin) fooStats(w http.ResponseWriter, r *http.Request) error {
+	s, err := fooSet(r)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(s.Stats.Report())
+}
+
+func (Admin) fooHealth(w http.ResponseWriter, r *http.Request) error {
+	s, err := fooSet(r)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/json")
+	if err := s.Health(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return json.NewEncoder(w).Encode(map[string]string{"status": "unhealthy", "reason": err.Error()})
+	}
+	return json.NewEncoder(w).Encode(map[string]string{"status": "ok"})
+}
+
+var _ caddy.AdminRouter = Admin{}
