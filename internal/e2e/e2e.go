@@ -65,6 +65,7 @@ type Caddy struct {
 	secrets []string
 	pid     int       // a Caddy run as its own process; 0 in process
 	cmd     *exec.Cmd // that process
+	stdout  lockedBuffer
 }
 
 var caddyMu sync.Mutex // caddy.Load is process-global: one Caddy at a time
@@ -233,4 +234,17 @@ func (c *Caddy) MetricValue(t testing.TB, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// Get fetches an admin API path and returns the status code and body.
+func (c *Caddy) Get(t testing.TB, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + c.Admin + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
 }

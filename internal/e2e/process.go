@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ func StartCaddyProcess(t testing.TB, bin, cpus string, cfg map[string]any) *Cadd
 		args = append([]string{"taskset", "-c", cpus}, args...)
 	}
 	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Stdout, cmd.Stderr = &c.stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", strings.Join(args, " "), err)
 	}
@@ -128,4 +129,24 @@ func BuildCaddy(t testing.TB, repoRoot string) string {
 		t.Fatalf("go build ./cmd/caddy: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// lockedBuffer is a bytes.Buffer safe for a process writing and a test reading.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+// Stdout is what a Caddy started by StartCaddyProcess wrote to stdout.
+func (c *Caddy) Stdout() string {
+	c.stdout.mu.Lock()
+	defer c.stdout.mu.Unlock()
+	return string(c.stdout.b)
 }

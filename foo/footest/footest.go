@@ -1,0 +1,177 @@
+// Package footest is a Foo server and client for tests and benchmarks: the
+// reference proxy's traffic (sequential REQs, ~88% ACK, NAK with 32 hex
+// chars) and the cases it failed on (pipelining, out-of-order answers,
+// server-first lines, lines split across writes, a last line without LF).
+package footest
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyprelude/prelude/foo"
+)
+
+// ServerOptions choose the server's behaviour.
+type ServerOptions struct {
+	Greeting   string // a line sent before reading anything (server speaks first)
+	Reverse    int    // answer requests in reversed batches of this size
+	SplitWrite bool   // write each answer in two writes
+}
+
+// Server answers REQ n with ACK n (about 88%) or NAK n <32 hex>.
+type Server struct {
+	Addr string
+	opts ServerOptions
+}
+
+// StartServer serves until the test ends.
+func StartServer(t testing.TB, opts ServerOptions) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	s := &Server{Addr: ln.Addr().String(), opts: opts}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.serve(c)
+		}
+	}()
+	return s
+}
+
+func (s *Server) serve(c net.Conn) {
+	defer c.Close()
+	w := bufio.NewWriter(c)
+	if s.opts.Greeting != "" {
+		_, _ = w.WriteString(s.opts.Greeting + "\n")
+		_ = w.Flush()
+	}
+	r := bufio.NewReader(c)
+	var batch []uint64
+	answer := func(seq uint64) {
+		line := "ACK " + strconv.FormatUint(seq, 10) + "\n"
+		if rand.IntN(100) >= 88 {
+			line = fmt.Sprintf("NAK %d %032x\n", seq, rand.Uint64())
+		}
+		if s.opts.SplitWrite {
+			_, _ = w.WriteString(line[:len(line)/2])
+			_ = w.Flush()
+			_, _ = w.WriteString(line[len(line)/2:])
+		} else {
+			_, _ = w.WriteString(line)
+		}
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if line != "" {
+			if m, perr := foo.ParseLine([]byte(strings.TrimSuffix(line, "\n"))); perr == nil && m.Type == foo.REQ {
+				batch = append(batch, m.Seq)
+			}
+		}
+		if len(batch) > 0 && (len(batch) >= max(s.opts.Reverse, 1) || r.Buffered() == 0 || err != nil) {
+			for i := len(batch) - 1; i >= 0; i-- {
+				answer(batch[i])
+			}
+			batch = batch[:0]
+			_ = w.Flush()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Counts are what a client saw.
+type Counts struct{ Req, Ack, Nak int }
+
+// ClientOptions choose the client's behaviour.
+type ClientOptions struct {
+	Requests   int
+	Pipelined  bool // send every REQ before reading answers
+	SplitWrite bool // write each REQ in two writes
+	NoFinalLF  bool // the last REQ has no LF (then the client half-closes)
+}
+
+// Run sends the requests over one connection and counts the answers.
+func Run(addr string, o ClientOptions) (Counts, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return Counts{}, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	var counts Counts
+	var mu sync.Mutex
+	r := bufio.NewReader(c)
+	read := func(n int) error {
+		for i := 0; i < n; i++ {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return fmt.Errorf("after %d answers: %w", i, err)
+			}
+			m, err := foo.ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+			if err != nil {
+				i-- // not an answer (a greeting)
+				continue
+			}
+			mu.Lock()
+			if m.Type == foo.ACK {
+				counts.Ack++
+			} else if m.Type == foo.NAK {
+				counts.Nak++
+			}
+			mu.Unlock()
+		}
+		return nil
+	}
+	send := func(i int) error {
+		line := fmt.Sprintf("REQ %d %s", i, strings.Repeat("x", 4+rand.IntN(29)))
+		if !(o.NoFinalLF && i == o.Requests) {
+			line += "\n"
+		}
+		var err error
+		if o.SplitWrite {
+			if _, err = io.WriteString(c, line[:len(line)/2]); err == nil {
+				_, err = io.WriteString(c, line[len(line)/2:])
+			}
+		} else {
+			_, err = io.WriteString(c, line)
+		}
+		counts.Req++
+		return err
+	}
+	for i := 1; i <= o.Requests; i++ {
+		if err := send(i); err != nil {
+			return counts, err
+		}
+		if !o.Pipelined && !(o.NoFinalLF && i == o.Requests) {
+			if err := read(1); err != nil {
+				return counts, err
+			}
+		}
+	}
+	if o.NoFinalLF {
+		_ = c.(*net.TCPConn).CloseWrite()
+	}
+	if o.Pipelined {
+		return counts, read(o.Requests)
+	}
+	if o.NoFinalLF {
+		return counts, read(1)
+	}
+	return counts, nil
+}
