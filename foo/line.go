@@ -69,14 +69,9 @@ func ParseLine(line []byte) (Msg, error) {
 	if len(seq) == 0 || len(seq) > 20 {
 		return Msg{}, fmt.Errorf("%w: bad seq length %d", ErrMalformed, len(seq))
 	}
-	for _, c := range seq {
-		if c < '0' || c > '9' {
-			return Msg{}, fmt.Errorf("%w: seq is not decimal", ErrMalformed)
-		}
-	}
-	n, err := strconv.ParseUint(string(seq), 10, 64)
-	if err != nil {
-		return Msg{}, fmt.Errorf("%w: seq out of range", ErrMalformed)
+	n, ok := parseDecimal(seq)
+	if !ok {
+		return Msg{}, fmt.Errorf("%w: seq is not a decimal uint64", ErrMalformed)
 	}
 	m.Seq = n
 	if hasData {
@@ -178,4 +173,20 @@ func (s *Scanner) Flush(fn func(line []byte)) {
 		fn(s.partial)
 		s.partial = s.partial[:0]
 	}
+}
+
+// parseDecimal parses ASCII digits into a uint64 without allocating.
+func parseDecimal(b []byte) (uint64, bool) {
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := uint64(c - '0')
+		if n > (1<<64-1-d)/10 {
+			return 0, false // overflow
+		}
+		n = n*10 + d
+	}
+	return n, len(b) > 0
 }

@@ -42,10 +42,27 @@ func NewStats(now func() time.Time) *Stats {
 
 // Conn analyses one proxied connection: lines from the client must be REQ,
 // lines from the server ACK or NAK; anything else is counted invalid.
+//
+// Each direction accumulates its counts locally and adds them to the shared
+// Stats in Flush, so that many connections do not contend per line. Lines
+// observed between two flushes share one timestamp: they arrived in one
+// read. ClientLine and ServerLine used alone flush at once. One goroutine
+// per direction may use a Conn.
 type Conn struct {
 	s           *Stats
-	mu          sync.Mutex
+	mu          sync.Mutex // outstanding
 	outstanding map[uint64]time.Time
+	client      side
+	server      side
+}
+
+// side is one direction's unflushed counts.
+type side struct {
+	batching      bool
+	now           time.Time
+	req, ack, nak uint64
+	invalid       uint64
+	lat           []time.Duration
 }
 
 // Open starts analysing a connection; Close it when the connection ends.
@@ -57,58 +74,114 @@ func (s *Stats) Open() *Conn {
 // Close ends the connection's analysis.
 func (c *Conn) Close() { c.s.active.Add(-1) }
 
+// Direction names a side of the connection for batching.
+type Direction bool
+
+// The two directions.
+const (
+	FromClient Direction = false
+	FromServer Direction = true
+)
+
+func (c *Conn) side(d Direction) *side {
+	if d == FromServer {
+		return &c.server
+	}
+	return &c.client
+}
+
+// Begin starts a batch of lines read at one time from one direction.
+func (c *Conn) Begin(d Direction) {
+	sd := c.side(d)
+	sd.batching, sd.now = true, c.s.now()
+}
+
+// Flush adds a direction's batch to the shared stats and ends the batch.
+func (c *Conn) Flush(d Direction) {
+	sd := c.side(d)
+	s := c.s
+	if n := sd.req; n > 0 {
+		s.req.Add(n)
+		s.requests.Add(sd.now, n)
+	}
+	if n := sd.ack + sd.nak; n > 0 {
+		s.ack.Add(sd.ack)
+		s.nak.Add(sd.nak)
+		s.responses.Add(sd.now, n)
+	}
+	if sd.invalid > 0 {
+		s.invalid.Add(sd.invalid)
+	}
+	if len(sd.lat) > 0 {
+		s.latMu.Lock()
+		for _, d := range sd.lat {
+			s.lat[s.latN%latencySamples] = d
+			s.latN++
+		}
+		s.latMu.Unlock()
+	}
+	lat := sd.lat[:0]
+	*sd = side{lat: lat}
+}
+
 // ClientLine observes one line the client sent (without LF).
 func (c *Conn) ClientLine(line []byte) {
+	sd := &c.client
+	single := !sd.batching
+	if single {
+		c.Begin(FromClient)
+	}
 	m, err := ParseLine(line)
 	if err != nil || m.Type != REQ {
-		c.s.invalid.Add(1)
-		return
-	}
-	now := c.s.now()
-	c.s.req.Add(1)
-	c.s.requests.Add(now, 1)
-	c.mu.Lock()
-	if len(c.outstanding) < maxOutstanding {
-		if _, dup := c.outstanding[m.Seq]; !dup {
-			c.outstanding[m.Seq] = now
+		sd.invalid++
+	} else {
+		sd.req++
+		c.mu.Lock()
+		if len(c.outstanding) < maxOutstanding {
+			if _, dup := c.outstanding[m.Seq]; !dup {
+				c.outstanding[m.Seq] = sd.now
+			}
 		}
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
+	if single {
+		c.Flush(FromClient)
+	}
 }
 
 // ServerLine observes one line the server sent (without LF).
 func (c *Conn) ServerLine(line []byte) {
+	sd := &c.server
+	single := !sd.batching
+	if single {
+		c.Begin(FromServer)
+	}
 	m, err := ParseLine(line)
-	if err != nil || m.Type == REQ {
-		c.s.invalid.Add(1)
-		return
+	switch {
+	case err != nil || m.Type == REQ:
+		sd.invalid++
+	default:
+		if m.Type == ACK {
+			sd.ack++
+		} else {
+			sd.nak++
+		}
+		c.mu.Lock()
+		sent, ok := c.outstanding[m.Seq]
+		delete(c.outstanding, m.Seq)
+		c.mu.Unlock()
+		if ok {
+			sd.lat = append(sd.lat, sd.now.Sub(sent))
+		}
 	}
-	now := c.s.now()
-	if m.Type == ACK {
-		c.s.ack.Add(1)
-	} else {
-		c.s.nak.Add(1)
-	}
-	c.s.responses.Add(now, 1)
-	c.mu.Lock()
-	sent, ok := c.outstanding[m.Seq]
-	delete(c.outstanding, m.Seq)
-	c.mu.Unlock()
-	if ok {
-		c.s.observeLatency(now.Sub(sent))
+	if single {
+		c.Flush(FromServer)
 	}
 }
 
 // Invalid counts a line that could not even be scanned (over the length
 // limit).
 func (s *Stats) Invalid() { s.invalid.Add(1) }
-
-func (s *Stats) observeLatency(d time.Duration) {
-	s.latMu.Lock()
-	s.lat[s.latN%latencySamples] = d
-	s.latN++
-	s.latMu.Unlock()
-}
 
 // Report is the stats JSON: the reference proxy's field names, plus what it
 // lacked. Rates are messages per second.

@@ -175,3 +175,55 @@ func Run(addr string, o ClientOptions) (Counts, error) {
 	}
 	return counts, nil
 }
+
+// Load opens conns connections to addr and sends perConn pipelined
+// requests on each, reading answers concurrently. It returns the messages
+// exchanged (requests plus answers) and how long it took.
+func Load(addr string, conns, perConn int) (int, time.Duration, error) {
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	for i := 0; i < conns; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- loadOne(addr, perConn)
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return 0, took, err
+		}
+	}
+	return 2 * conns * perConn, took, nil
+}
+
+func loadOne(addr string, n int) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+	werr := make(chan error, 1)
+	go func() {
+		w := bufio.NewWriterSize(c, 64<<10)
+		for i := 1; i <= n; i++ {
+			if _, err := fmt.Fprintf(w, "REQ %d abcdefghijklmnop\n", i); err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- w.Flush()
+	}()
+	r := bufio.NewReaderSize(c, 64<<10)
+	for got := 0; got < n; got++ {
+		if _, err := r.ReadSlice('\n'); err != nil {
+			return fmt.Errorf("after %d of %d answers: %w", got, n, err)
+		}
+	}
+	return <-werr
+}

@@ -101,8 +101,8 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	conn := h.set.Stats.Open()
 	defer conn.Close()
 	errc := make(chan error, 1)
-	go func() { errc <- h.pipe(lease.Conn, cx, conn.ClientLine) }()
-	err = h.pipe(cx.Conn, lease.Conn, conn.ServerLine) // raw socket: CloseWrite, no wrapper
+	go func() { errc <- h.pipe(lease.Conn, cx, conn, foo.FromClient) }()
+	err = h.pipe(cx.Conn, lease.Conn, conn, foo.FromServer) // raw socket: CloseWrite, no wrapper
 	if e := <-errc; err == nil {
 		err = e
 	}
@@ -111,27 +111,39 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	return nil
 }
 
-// pipe copies src to dst, passing every line to observe as it flows. At
-// src's EOF a final line without LF is observed too and dst is half-closed.
-// A line over max_line is counted invalid and ends the connection.
-func (h *Handler) pipe(dst io.Writer, src io.Reader, observe func([]byte)) error {
+// pipe copies src to dst, passing every line to the analyzer as it flows,
+// one batch per read. At src's EOF a final line without LF is observed too
+// and dst is half-closed. A line over max_line is counted invalid and ends
+// the connection.
+func (h *Handler) pipe(dst io.Writer, src io.Reader, conn *foo.Conn, dir foo.Direction) error {
+	observe := conn.ClientLine
+	if dir == foo.FromServer {
+		observe = conn.ServerLine
+	}
 	sc := foo.NewScanner(h.MaxLine)
 	buf := make([]byte, 32<<10)
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			if _, err := dst.Write(buf[:n]); err != nil {
+			// Observe before forwarding: a request's Seq must be recorded
+			// before its answer can come back on the other direction.
+			conn.Begin(dir)
+			err := sc.Feed(buf[:n], observe)
+			conn.Flush(dir)
+			if err != nil {
+				h.set.Stats.Invalid()
 				closeBoth(dst, src)
 				return err
 			}
-			if err := sc.Feed(buf[:n], observe); err != nil {
-				h.set.Stats.Invalid()
+			if _, err := dst.Write(buf[:n]); err != nil {
 				closeBoth(dst, src)
 				return err
 			}
 		}
 		if rerr == io.EOF {
+			conn.Begin(dir)
 			sc.Flush(observe)
+			conn.Flush(dir)
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()
 			}

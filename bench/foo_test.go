@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/caddyprelude/prelude/foo/footest"
+	"github.com/caddyprelude/prelude/internal/e2e"
+	_ "github.com/caddyprelude/prelude/modules/l4foo"
+)
+
+// BenchmarkFooMessages measures Foo messages per second (requests plus
+// answers, pipelined) with 1 and 50 concurrent connections, direct to the
+// server, through the analysing foo handler and through caddy-l4's proxy,
+// one path after the other in every iteration.
+func BenchmarkFooMessages(b *testing.B) {
+	for _, conns := range []int{1, 50} {
+		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
+			srv := footest.StartServer(b, footest.ServerOptions{})
+			prelude, l4proxy := e2e.FreePort(b), e2e.FreePort(b)
+			cfg := map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+				"prelude": map[string]any{"listen": []string{prelude}, "routes": []any{map[string]any{
+					"match": []any{map[string]any{"foo": map[string]any{}}},
+					"handle": []any{map[string]any{"handler": "foo", "to": []string{srv.Addr},
+						"recovery": filepath.Join(b.TempDir(), "foo.json")}},
+				}}},
+				"l4proxy": map[string]any{"listen": []string{l4proxy}, "routes": []any{map[string]any{
+					"handle": []any{map[string]any{"handler": "proxy",
+						"upstreams": []any{map[string]any{"dial": []string{srv.Addr}}}}},
+				}}},
+			}}}}
+			if bin := os.Getenv("PRELUDE_BENCH_CADDY"); bin != "" {
+				e2e.StartCaddyProcess(b, bin, os.Getenv("PRELUDE_BENCH_CADDY_CPUS"), cfg)
+			} else {
+				e2e.StartCaddy(b, cfg)
+			}
+			p := paths{direct: srv.Addr, prelude: prelude, l4proxy: l4proxy}
+			perConn := 100000 / conns
+			msgs, took := map[string]int{}, map[string]time.Duration{}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for _, path := range p.each() {
+					n, d, err := footest.Load(path[1], conns, perConn)
+					if err != nil {
+						b.Fatalf("%s: %v", path[0], err)
+					}
+					msgs[path[0]] += n
+					took[path[0]] += d
+				}
+			}
+			b.StopTimer()
+			rate := map[string]float64{}
+			for name := range msgs {
+				rate[name] = float64(msgs[name]) / took[name].Seconds()
+				b.ReportMetric(rate[name], name+"-msg/s")
+			}
+			b.ReportMetric(rate["prelude"]/rate["direct"], "prelude/direct")
+			b.ReportMetric(rate["l4proxy"]/rate["direct"], "l4proxy/direct")
+		})
+	}
+}
