@@ -30,7 +30,7 @@ test: test-deps check
 # then ./caddy as its own process on CPU 1, client and broker on CPU 0.
 # A 56 MB git clone takes seconds, so BenchmarkGitClone runs fewer times.
 BENCH = $(GO) test -run '^$$' -timeout 30m ./bench/
-BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput' -benchtime 20x -count 3
+BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput|FooMessages' -benchtime 20x -count 3
 BENCH_GIT = -bench GitClone -benchtime 5x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
 bench: test-deps build
@@ -49,6 +49,7 @@ fuzz:
 	done
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./git/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./socks4/
+	$(GO) test -run '^$$' -fuzz '^FuzzLines$$' -fuzztime $(FUZZTIME) ./foo/
 
 clean:
 	rm -f caddy
