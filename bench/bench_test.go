@@ -47,14 +47,19 @@ func startCaddy(b *testing.B, target string) (paths, *e2e.Caddy) {
 				"upstreams": []any{map[string]any{"dial": []string{target}}}}},
 		}}},
 	}}}}
-	var c *e2e.Caddy
+	return paths{direct: target, prelude: prelude, l4proxy: l4proxy}, startBenchCaddy(b, cfg)
+}
+
+// startBenchCaddy starts Caddy with cfg: in process, or, when
+// PRELUDE_BENCH_CADDY names a binary, as its own process pinned to
+// PRELUDE_BENCH_CADDY_CPUS (the Makefile's pinned layout).
+func startBenchCaddy(b *testing.B, cfg map[string]any) *e2e.Caddy {
 	if bin := os.Getenv("PRELUDE_BENCH_CADDY"); bin != "" {
-		c = e2e.StartCaddyProcess(b, bin, os.Getenv("PRELUDE_BENCH_CADDY_CPUS"), cfg)
-	} else {
-		c = e2e.StartCaddy(b, cfg)
-		c.NoLeak(e2e.TestPassword)
+		return e2e.StartCaddyProcess(b, bin, os.Getenv("PRELUDE_BENCH_CADDY_CPUS"), cfg)
 	}
-	return paths{direct: target, prelude: prelude, l4proxy: l4proxy}, c
+	c := e2e.StartCaddy(b, cfg)
+	c.NoLeak(e2e.TestPassword)
+	return c
 }
 
 // BenchmarkConnectionSetup times amqp091.Dial (header to Open-Ok) against

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -32,11 +31,7 @@ func BenchmarkFooMessages(b *testing.B) {
 						"upstreams": []any{map[string]any{"dial": []string{srv.Addr}}}}},
 				}}},
 			}}}}
-			if bin := os.Getenv("PRELUDE_BENCH_CADDY"); bin != "" {
-				e2e.StartCaddyProcess(b, bin, os.Getenv("PRELUDE_BENCH_CADDY_CPUS"), cfg)
-			} else {
-				e2e.StartCaddy(b, cfg)
-			}
+			startBenchCaddy(b, cfg)
 			p := paths{direct: srv.Addr, prelude: prelude, l4proxy: l4proxy}
 			perConn := 100000 / conns
 			msgs, took := map[string]int{}, map[string]time.Duration{}

@@ -82,11 +82,7 @@ func BenchmarkGitClone(b *testing.B) {
 				"upstreams": []any{map[string]any{"dial": []string{d.Addr}}}}},
 		}}},
 	}}}}
-	if bin := os.Getenv("PRELUDE_BENCH_CADDY"); bin != "" {
-		e2e.StartCaddyProcess(b, bin, os.Getenv("PRELUDE_BENCH_CADDY_CPUS"), cfg)
-	} else {
-		e2e.StartCaddy(b, cfg)
-	}
+	startBenchCaddy(b, cfg)
 	p := paths{direct: d.Addr, prelude: prelude, l4proxy: l4proxy}
 	samples := map[string][]time.Duration{}
 	dst := b.TempDir()

@@ -189,15 +189,7 @@ func (c *Caddy) WaitMetric(t testing.TB, line string) {
 // StartCaddy (the Caddyfile's own admin and logging settings are replaced).
 func StartCaddyfile(t testing.TB, caddyfile string) *Caddy {
 	t.Helper()
-	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
-	if err != nil {
-		t.Fatalf("adapting the Caddyfile: %v", err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(out, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	return StartCaddy(t, cfg)
+	return StartCaddyfileWith(t, caddyfile, nil)
 }
 
 // StartCaddyfileWith is StartCaddyfile with more apps merged into the

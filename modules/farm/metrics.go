@@ -1,11 +1,12 @@
 package farm
 
 import (
-	"errors"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddyprelude/prelude/modules/internal/metricsreg"
 )
 
 // memberCollector exports the shared member state of every farm in the
@@ -40,14 +41,4 @@ func (memberCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // registerMetrics adds the member collector to reg, once per registry.
-func registerMetrics(reg *prometheus.Registry) {
-	if reg == nil {
-		return
-	}
-	if err := reg.Register(memberCollector{}); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			panic(err)
-		}
-	}
-}
+func registerMetrics(reg *prometheus.Registry) { metricsreg.Register(reg, memberCollector{}) }

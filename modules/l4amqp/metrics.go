@@ -1,10 +1,11 @@
 package l4amqp
 
 import (
-	"errors"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddyprelude/prelude/modules/internal/metricsreg"
 )
 
 // handlerMetrics are the caddy_layer4_amqp_* collectors. They are created
@@ -39,15 +40,6 @@ func initMetrics(reg *prometheus.Registry) *handlerMetrics {
 			}, []string{"route", "direction"}),
 		}
 	})
-	if reg != nil {
-		for _, c := range []prometheus.Collector{metrics.connections, metrics.active, metrics.bytes} {
-			if err := reg.Register(c); err != nil {
-				var are prometheus.AlreadyRegisteredError
-				if !errors.As(err, &are) {
-					panic(err)
-				}
-			}
-		}
-	}
+	metricsreg.Register(reg, metrics.connections, metrics.active, metrics.bytes)
 	return metrics
 }

@@ -1,9 +1,9 @@
 package l4foo
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddyprelude/prelude/modules/internal/metricsreg"
 )
 
 // collector exports every stats set as caddy_layer4_foo_* metrics, read at
@@ -52,14 +52,4 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func registerMetrics(reg *prometheus.Registry) {
-	if reg == nil {
-		return
-	}
-	if err := reg.Register(collector{}); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			panic(err)
-		}
-	}
-}
+func registerMetrics(reg *prometheus.Registry) { metricsreg.Register(reg, collector{}) }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/caddyprelude/prelude/git"
 	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/internal/readprelude"
 	"github.com/caddyprelude/prelude/modules/relay"
 )
 
@@ -77,7 +77,7 @@ func (h *Handler) Cleanup() error { return h.Farm.Cleanup() }
 // (rewritten if configured) and relays the rest of the connection.
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	_ = cx.SetReadDeadline(time.Now().Add(time.Duration(h.RequestTimeout)))
-	req, rest, err := readRequest(cx)
+	req, rest, err := readprelude.Read(cx, git.ParseRequest, git.ErrNeedMore)
 	if err != nil {
 		return h.finish(cx, nil, outcomeMalformed, requestError(err))
 	}
@@ -167,33 +167,6 @@ func requestError(err error) string {
 		return "timed out waiting for the git:// request"
 	}
 	return ""
-}
-
-// readRequest reads until the first pkt-line is complete and returns it with
-// whatever the client sent after it in the bytes read (git archive --remote
-// sends its arguments in the same write).
-func readRequest(r io.Reader) (*git.Request, []byte, error) {
-	buf := make([]byte, 0, 512)
-	for {
-		req, n, err := git.ParseRequest(buf)
-		if err == nil {
-			return req, buf[n:], nil
-		}
-		if !errors.Is(err, git.ErrNeedMore) {
-			return nil, nil, err
-		}
-		if len(buf) == cap(buf) {
-			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
-		}
-		k, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+k]
-		if err != nil && k == 0 {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, nil, err
-		}
-	}
 }
 
 // Outcomes label requests in metrics.

@@ -1,10 +1,11 @@
 package l4git
 
 import (
-	"errors"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddyprelude/prelude/modules/internal/metricsreg"
 )
 
 // gitMetrics are the caddy_layer4_git_* collectors, created once per process
@@ -33,15 +34,6 @@ func initMetrics(reg *prometheus.Registry) *gitMetrics {
 			}, []string{"service", "direction"}),
 		}
 	})
-	if reg != nil {
-		for _, c := range []prometheus.Collector{metrics.requests, metrics.bytes} {
-			if err := reg.Register(c); err != nil {
-				var are prometheus.AlreadyRegisteredError
-				if !errors.As(err, &are) {
-					panic(err)
-				}
-			}
-		}
-	}
+	metricsreg.Register(reg, metrics.requests, metrics.bytes)
 	return metrics
 }

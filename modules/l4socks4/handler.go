@@ -7,7 +7,6 @@ package l4socks4
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 
+	"github.com/caddyprelude/prelude/modules/internal/readprelude"
 	"github.com/caddyprelude/prelude/modules/relay"
 	"github.com/caddyprelude/prelude/socks4"
 )
@@ -75,7 +75,7 @@ func (h *Handler) Validate() error {
 // not or cannot do is answered with the "rejected" reply.
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	_ = cx.SetReadDeadline(time.Now().Add(10 * time.Second))
-	req, rest, err := readRequest(cx)
+	req, rest, err := readprelude.Read(cx, socks4.Parse, socks4.ErrNeedMore)
 	if err != nil {
 		if errors.Is(err, socks4.ErrMalformed) {
 			h.reject(cx, "malformed request")
@@ -128,28 +128,6 @@ func (h *Handler) reject(cx *layer4.Connection, reason string, fields ...zap.Fie
 	_ = cx.SetWriteDeadline(time.Now().Add(time.Second))
 	if _, err := cx.Write(socks4.Reply(socks4.Rejected)); err == nil {
 		relay.CloseAfterReply(cx.Conn, time.Second)
-	}
-}
-
-// readRequest reads one request and returns the bytes after it.
-func readRequest(r io.Reader) (*socks4.Request, []byte, error) {
-	buf := make([]byte, 0, 64)
-	for {
-		req, n, err := socks4.Parse(buf)
-		if err == nil {
-			return req, buf[n:], nil
-		}
-		if !errors.Is(err, socks4.ErrNeedMore) {
-			return nil, nil, err
-		}
-		if len(buf) == cap(buf) {
-			buf = append(buf, make([]byte, len(buf))...)[:len(buf)]
-		}
-		k, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+k]
-		if err != nil && k == 0 {
-			return nil, nil, err
-		}
 	}
 }
 
