@@ -12,5 +12,6 @@ import (
 	_ "github.com/caddyprelude/prelude/modules/l4git"
 	_ "github.com/caddyprelude/prelude/modules/l4reply"
 	_ "github.com/caddyprelude/prelude/modules/l4socks4"
+	_ "github.com/caddyprelude/prelude/modules/l4zmtp"
 	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
 )

@@ -1,0 +1,133 @@
+package l4zmtp_test
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
+	_ "github.com/caddyprelude/prelude/modules/l4zmtp"
+)
+
+const python = "/usr/bin/python3" // Debian's, with python3-zmq
+
+func requirePyZMQ(t *testing.T) {
+	t.Helper()
+	if err := exec.Command(python, "-c", "import zmq").Run(); err != nil {
+		if e2e.CI() {
+			t.Fatalf("python3-zmq is required: %v", err)
+		}
+		t.Skipf("python3-zmq missing: %v", err)
+	}
+}
+
+func keypair(t *testing.T) (pub, sec string) {
+	out, err := exec.Command(python, "testdata/peer.py", "keypair").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(out))
+	return f[0], f[1]
+}
+
+// startWorker runs a libzmq ROUTER echo worker bound to a free port.
+func startWorker(t *testing.T, mech string, keys ...string) string {
+	t.Helper()
+	addr := e2e.FreePort(t)
+	cmd := exec.Command(python, append([]string{"testdata/peer.py", "worker", addr, mech}, keys...)...)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		t.Fatalf("worker did not start: %q", line)
+	}
+	return addr
+}
+
+// client runs a libzmq DEALER that sends [hello, size bytes] through addr
+// and returns what it printed: ok, timeout or mismatch.
+func client(t *testing.T, addr, mech string, args ...string) string {
+	t.Helper()
+	out, _ := exec.Command(python, append([]string{"testdata/peer.py", "client", addr, mech}, args...)...).Output()
+	return strings.TrimSpace(string(out))
+}
+
+func proxy(t *testing.T, workers []string, mechanisms ...string) (*e2e.Caddy, string) {
+	t.Helper()
+	addr := e2e.FreePort(t)
+	h := map[string]any{"handler": "zmtp", "to": workers, "lb_policy": "least_conn"}
+	if len(mechanisms) > 0 {
+		h["mechanisms"] = mechanisms
+	}
+	c := e2e.StartCaddy(t, e2e.Layer4(addr, map[string]any{
+		"match":  []any{map[string]any{"zmtp": map[string]any{}}},
+		"handle": []any{h},
+	}))
+	return c, addr
+}
+
+func TestNULLDealerRouterWithAMegabytePart(t *testing.T) {
+	requirePyZMQ(t)
+	w := startWorker(t, "NULL")
+	_, addr := proxy(t, []string{w})
+	if got := client(t, addr, "NULL", strconv.Itoa(1<<20)); got != "ok" {
+		t.Fatalf("NULL through the proxy: %q", got)
+	}
+}
+
+func TestCURVEStaysEndToEnd(t *testing.T) {
+	requirePyZMQ(t)
+	pub, sec := keypair(t)
+	w := startWorker(t, "CURVE", sec, pub)
+	c, addr := proxy(t, []string{w}, "CURVE", "NULL")
+	if got := client(t, addr, "CURVE", pub, strconv.Itoa(1<<20)); got != "ok" {
+		t.Fatalf("CURVE through the proxy: %q", got)
+	}
+	// The proxy has no keys: a client with the wrong server key is paired
+	// like any other and fails in the CURVE handshake with the worker.
+	wrongPub, _ := keypair(t)
+	if got := client(t, addr, "CURVE", wrongPub, "10"); got != "timeout" {
+		t.Fatalf("wrong server key: %q, want no answer", got)
+	}
+	// libzmq reconnects after each failed handshake, so the wrong-key client
+	// is paired again and again: what matters is that it was paired at all.
+	if n := strings.Count(c.Logs(), `"msg":"zmtp pair"`); n < 2 {
+		t.Fatalf("%d pairings logged: the wrong key must fail end to end, not at the proxy", n)
+	}
+}
+
+func TestPLAINRefusedWhenOnlyCURVE(t *testing.T) {
+	requirePyZMQ(t)
+	w := startWorker(t, "NULL")
+	c, addr := proxy(t, []string{w}, "CURVE")
+	if got := client(t, addr, "PLAIN", "10"); got != "timeout" {
+		t.Fatalf("PLAIN client: %q, want refused", got)
+	}
+	if !strings.Contains(c.Logs(), `"mechanism":"PLAIN"`) || strings.Contains(c.Logs(), "plain-secret-pw") {
+		t.Fatalf("refusal not logged, or the password leaked:\n%s", c.Logs())
+	}
+}
+
+func TestLeastConnSpreadsClients(t *testing.T) {
+	requirePyZMQ(t)
+	r1 := e2e.StartRelay(t, "127.0.0.1:0", startWorker(t, "NULL"))
+	r2 := e2e.StartRelay(t, "127.0.0.1:0", startWorker(t, "NULL"))
+	_, addr := proxy(t, []string{r1.Addr, r2.Addr})
+	for i := 0; i < 6; i++ {
+		if got := client(t, addr, "NULL", "100"); got != "ok" {
+			t.Fatalf("client %d: %q", i, got)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if a, b := r1.Conns.Load(), r2.Conns.Load(); a+b != 6 || a == 0 || b == 0 {
+		t.Fatalf("6 clients over two workers: %d and %d", a, b)
+	}
+}

@@ -1,0 +1,204 @@
+package l4zmtp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/mholt/caddy-l4/layer4"
+	"go.uber.org/zap"
+
+	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/relay"
+	"github.com/caddyprelude/prelude/zmtp"
+)
+
+func init() {
+	caddy.RegisterModule(&Handler{})
+}
+
+// DefaultHandshakeTimeout bounds the greeting exchange with client and worker.
+const DefaultHandshakeTimeout = 10 * time.Second
+
+// Handler pairs each ZMTP client connection with one worker connection and
+// relays bytes untouched after the greeting, so that the security handshake
+// (CURVE included) and all traffic stay end to end between them: the proxy
+// holds no keys and cannot read CURVE traffic.
+//
+// It answers the client's signature with its own signature and major
+// version, reads the rest of the client's greeting (version, mechanism),
+// dials a worker of its farm, sends the worker the client's greeting,
+// consumes the worker's first 11 bytes (signature and major) and relays the
+// rest, the worker's own minor version and mechanism included.
+type Handler struct {
+	// The worker farm (to, lb_policy including least_conn, dial_timeout, ...).
+	farm.Farm
+	// Mechanisms accepted from clients (NULL, PLAIN, CURVE); empty accepts
+	// any. Others are closed after their greeting, as libzmq does on a
+	// mechanism mismatch.
+	Mechanisms []string `json:"mechanisms,omitempty"`
+	// Time allowed for the greeting exchanges. Default 10s.
+	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "layer4.handlers.zmtp",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults and provisions the farm.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.HandshakeTimeout == 0 {
+		h.HandshakeTimeout = caddy.Duration(DefaultHandshakeTimeout)
+	}
+	for _, m := range h.Mechanisms {
+		if !slices.Contains([]string{"NULL", "PLAIN", "CURVE", "GSSAPI"}, m) {
+			return fmt.Errorf("mechanisms: unknown mechanism %q", m)
+		}
+	}
+	return h.Farm.Provision(ctx)
+}
+
+// Cleanup releases the farm.
+func (h *Handler) Cleanup() error { return h.Farm.Cleanup() }
+
+// Handle reads the client's greeting, pairs it with a worker and relays.
+func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
+	timeout := time.Duration(h.HandshakeTimeout)
+	_ = cx.SetDeadline(time.Now().Add(timeout))
+	greeting := make([]byte, zmtp.GreetingLen)
+	if _, err := io.ReadFull(cx, greeting[:zmtp.SignatureLen]); err != nil {
+		return nil
+	}
+	if zmtp.CheckSignature(greeting) != nil {
+		return nil
+	}
+	if _, err := cx.Write(append(zmtp.Signature(), 3)); err != nil {
+		return nil
+	}
+	if _, err := io.ReadFull(cx, greeting[zmtp.SignatureLen:]); err != nil {
+		return nil
+	}
+	g, err := zmtp.ParseGreeting(greeting)
+	if err != nil {
+		h.logger.Debug("zmtp greeting refused", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
+		return nil
+	}
+	if repl, ok := cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("l4.zmtp.version", strconv.Itoa(int(g.Major))+"."+strconv.Itoa(int(g.Minor)))
+		repl.Set("l4.zmtp.mechanism", g.Mechanism)
+	}
+	if len(h.Mechanisms) > 0 && !slices.Contains(h.Mechanisms, g.Mechanism) {
+		h.logger.Debug("zmtp mechanism not allowed", zap.String("remote", cx.RemoteAddr().String()),
+			zap.String("mechanism", g.Mechanism))
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	lease, err := h.Dial(ctx, cx.RemoteAddr(), func(ctx context.Context, _ *farm.Member, conn net.Conn) error {
+		return workerHandshake(ctx, conn, greeting)
+	})
+	if err != nil {
+		h.logger.Debug("zmtp worker unavailable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
+		return nil
+	}
+	defer lease.Release()
+	defer lease.Conn.Close()
+	_ = cx.SetDeadline(time.Time{})
+	h.logger.Debug("zmtp pair", zap.String("remote", cx.RemoteAddr().String()),
+		zap.String("upstream", lease.Member.Addr), zap.String("mechanism", g.Mechanism))
+	up, down, err := relay.Relay(cx, lease.Conn)
+	h.logger.Debug("zmtp pair ended", zap.String("remote", cx.RemoteAddr().String()),
+		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
+	return nil
+}
+
+// workerHandshake sends the client's greeting to the worker and consumes
+// the worker's signature and major version, which the proxy already gave
+// the client; the rest of the worker's greeting reaches the client through
+// the relay.
+func workerHandshake(ctx context.Context, conn net.Conn, clientGreeting []byte) error {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := conn.Write(clientGreeting); err != nil {
+		return err
+	}
+	head := make([]byte, zmtp.SignatureLen+1)
+	if _, err := io.ReadFull(conn, head); err != nil {
+		return fmt.Errorf("worker greeting: %w", err)
+	}
+	if err := zmtp.CheckSignature(head); err != nil {
+		return err
+	}
+	if head[zmtp.SignatureLen] < 3 {
+		return errors.New("worker speaks ZMTP below 3.0")
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	zmtp {
+//		mechanism NULL|PLAIN|CURVE ...
+//		to <address...>
+//		<farm options: lb_policy, dial_timeout, ...>
+//		handshake_timeout <duration>
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		ok, err := h.Farm.UnmarshalOption(d)
+		if err != nil {
+			return err
+		}
+		if ok {
+			continue
+		}
+		switch opt := d.Val(); opt {
+		case "mechanism":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Mechanisms = append(h.Mechanisms, args...)
+		case "handshake_timeout":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			v, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return d.Errf("handshake_timeout: %v", err)
+			}
+			h.HandshakeTimeout = caddy.Duration(v)
+		default:
+			return d.Errf("unknown zmtp handler option %q (the workers pool topology is not implemented yet)", opt)
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*Handler)(nil)
+	_ caddy.CleanerUpper    = (*Handler)(nil)
+	_ layer4.NextHandler    = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

@@ -1,0 +1,54 @@
+"""libzmq test peers for the zmtp handler (Debian's python3-zmq).
+
+worker ADDR MECH [SECRET PUBLIC]   ROUTER bound to ADDR echoing every message
+client ADDR MECH [SERVERPUB] SIZE  DEALER: sends [b"hello", SIZE bytes], expects the echo
+keypair                            prints a CURVE keypair (public secret)
+"""
+import sys, zmq
+
+def main():
+    role = sys.argv[1]
+    if role == "keypair":
+        pub, sec = zmq.curve_keypair()
+        print(pub.decode(), sec.decode())
+        return 0
+    ctx = zmq.Context()
+    addr, mech = sys.argv[2], sys.argv[3]
+    if role == "worker":
+        s = ctx.socket(zmq.ROUTER)
+        if mech == "CURVE":
+            s.curve_server = True
+            s.curve_secretkey = sys.argv[4].encode()
+            s.curve_publickey = sys.argv[5].encode()
+        s.bind("tcp://" + addr)
+        print("ready", flush=True)
+        while True:
+            s.send_multipart(s.recv_multipart())
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 3000)
+    if mech == "CURVE":
+        pub, sec = zmq.curve_keypair()
+        s.curve_publickey, s.curve_secretkey = pub, sec
+        s.curve_serverkey = sys.argv[4].encode()
+        size = int(sys.argv[5])
+    elif mech == "PLAIN":
+        s.plain_username, s.plain_password = b"alice", b"plain-secret-pw"
+        size = int(sys.argv[4])
+    else:
+        size = int(sys.argv[4])
+    s.connect("tcp://" + addr)
+    big = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    s.send_multipart([b"hello", big])
+    try:
+        got = s.recv_multipart()
+    except zmq.Again:
+        print("timeout", flush=True)
+        return 2
+    if got != [b"hello", big]:
+        print("mismatch", len(got), [len(p) for p in got], flush=True)
+        return 3
+    print("ok", flush=True)
+    return 0
+
+sys.exit(main())
