@@ -38,7 +38,15 @@ func keypair(t *testing.T) (pub, sec string) {
 func startWorker(t *testing.T, mech string, keys ...string) string {
 	t.Helper()
 	addr := e2e.FreePort(t)
-	cmd := exec.Command(python, append([]string{"testdata/peer.py", "worker", addr, mech}, keys...)...)
+	startPeer(t, append([]string{"worker", addr, mech}, keys...)...)
+	return addr
+}
+
+// startPeer runs testdata/peer.py with args until the test ends, once it
+// says it is ready.
+func startPeer(t *testing.T, args ...string) {
+	t.Helper()
+	cmd := exec.Command(python, append([]string{"testdata/peer.py"}, args...)...)
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -47,9 +55,8 @@ func startWorker(t *testing.T, mech string, keys ...string) string {
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	line, _ := bufio.NewReader(out).ReadString('\n')
 	if strings.TrimSpace(line) != "ready" {
-		t.Fatalf("worker did not start: %q", line)
+		t.Fatalf("peer %v did not start: %q", args, line)
 	}
-	return addr
 }
 
 // client runs a libzmq DEALER that sends [hello, size bytes] through addr

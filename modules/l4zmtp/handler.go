@@ -46,7 +46,14 @@ type Handler struct {
 	Mechanisms []string `json:"mechanisms,omitempty"`
 	// Time allowed for the greeting exchanges. Default 10s.
 	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+	// Pair with workers that connected to a zmtp_workers listener of this
+	// pool, instead of dialing `to`.
+	Workers string `json:"workers,omitempty"`
+	// How long a client waits for an idle worker of its mechanism before it
+	// is closed. Default 10s.
+	PairTimeout caddy.Duration `json:"pair_timeout,omitempty"`
 
+	pool   *pool
 	logger *zap.Logger
 }
 
@@ -69,30 +76,39 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("mechanisms: unknown mechanism %q", m)
 		}
 	}
+	if h.Workers != "" {
+		if len(h.To) > 0 {
+			return errors.New("workers: pairs with parked workers; it excludes to")
+		}
+		if h.PairTimeout == 0 {
+			h.PairTimeout = caddy.Duration(DefaultHandshakeTimeout)
+		}
+		h.pool = acquirePool(h.Workers)
+		return nil
+	}
 	return h.Farm.Provision(ctx)
 }
 
-// Cleanup releases the farm.
-func (h *Handler) Cleanup() error { return h.Farm.Cleanup() }
+// Validate checks the farm unless the handler pairs with a worker pool.
+func (h *Handler) Validate() error {
+	if h.Workers != "" {
+		return nil
+	}
+	return h.Farm.Validate()
+}
+
+// Cleanup releases the farm or the pool.
+func (h *Handler) Cleanup() error {
+	if h.pool != nil {
+		releasePool(h.Workers)
+	}
+	return h.Farm.Cleanup()
+}
 
 // Handle reads the client's greeting, pairs it with a worker and relays.
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	timeout := time.Duration(h.HandshakeTimeout)
-	_ = cx.SetDeadline(time.Now().Add(timeout))
-	greeting := make([]byte, zmtp.GreetingLen)
-	if _, err := io.ReadFull(cx, greeting[:zmtp.SignatureLen]); err != nil {
-		return nil
-	}
-	if zmtp.CheckSignature(greeting) != nil {
-		return nil
-	}
-	if _, err := cx.Write(append(zmtp.Signature(), 3)); err != nil {
-		return nil
-	}
-	if _, err := io.ReadFull(cx, greeting[zmtp.SignatureLen:]); err != nil {
-		return nil
-	}
-	g, err := zmtp.ParseGreeting(greeting)
+	greeting, g, err := serverGreeting(cx, timeout)
 	if err != nil {
 		h.logger.Debug("zmtp greeting refused", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
 		return nil
@@ -106,6 +122,9 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 			zap.String("mechanism", g.Mechanism))
 		return nil
 	}
+	if h.pool != nil {
+		return h.pairWithParked(cx, greeting, g)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	lease, err := h.Dial(ctx, cx.RemoteAddr(), func(ctx context.Context, _ *farm.Member, conn net.Conn) error {
@@ -117,7 +136,6 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	}
 	defer lease.Release()
 	defer lease.Conn.Close()
-	_ = cx.SetDeadline(time.Time{})
 	h.logger.Debug("zmtp pair", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", lease.Member.Addr), zap.String("mechanism", g.Mechanism))
 	up, down, err := relay.Relay(cx, lease.Conn)
@@ -158,6 +176,8 @@ func workerHandshake(ctx context.Context, conn net.Conn, clientGreeting []byte) 
 //		to <address...>
 //		<farm options: lb_policy, dial_timeout, ...>
 //		handshake_timeout <duration>
+//		workers <pool>
+//		pair_timeout <duration>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
@@ -179,17 +199,26 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Mechanisms = append(h.Mechanisms, args...)
-		case "handshake_timeout":
+		case "workers":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Workers = d.Val()
+		case "handshake_timeout", "pair_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
 			v, err := caddy.ParseDuration(d.Val())
 			if err != nil {
-				return d.Errf("handshake_timeout: %v", err)
+				return d.Errf("%s: %v", opt, err)
 			}
-			h.HandshakeTimeout = caddy.Duration(v)
+			if opt == "pair_timeout" {
+				h.PairTimeout = caddy.Duration(v)
+			} else {
+				h.HandshakeTimeout = caddy.Duration(v)
+			}
 		default:
-			return d.Errf("unknown zmtp handler option %q (the workers pool topology is not implemented yet)", opt)
+			return d.Errf("unknown zmtp handler option %q", opt)
 		}
 	}
 	return nil
@@ -199,6 +228,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var (
 	_ caddy.Provisioner     = (*Handler)(nil)
 	_ caddy.CleanerUpper    = (*Handler)(nil)
+	_ caddy.Validator       = (*Handler)(nil)
 	_ layer4.NextHandler    = (*Handler)(nil)
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
 )
+
+// pairWithParked takes an idle worker of the client's mechanism from the
+// pool (waiting up to pair_timeout), feeds each side the rest of the
+// other's greeting so that both complete their own handshake, and relays.
+func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.Greeting) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.PairTimeout))
+	w, err := h.pool.take(ctx, g.Mechanism)
+	cancel()
+	if err != nil {
+		h.logger.Debug("zmtp client not paired", zap.String("remote", cx.RemoteAddr().String()),
+			zap.String("pool", h.Workers), zap.String("mechanism", g.Mechanism), zap.Error(err))
+		return nil
+	}
+	defer close(w.done)
+	defer w.conn.Close()
+	const tail = 11 // the signature and major each side already has from the proxy
+	if _, err := w.conn.Write(greeting[tail:]); err != nil {
+		return nil
+	}
+	if _, err := cx.Write(w.greeting[tail:]); err != nil {
+		return nil
+	}
+	h.logger.Debug("zmtp pair", zap.String("remote", cx.RemoteAddr().String()),
+		zap.String("upstream", w.conn.RemoteAddr().String()), zap.String("pool", h.Workers),
+		zap.String("mechanism", g.Mechanism))
+	up, down, err := relay.Relay(cx, w.conn)
+	h.logger.Debug("zmtp pair ended", zap.String("remote", cx.RemoteAddr().String()),
+		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
+	return nil
+}

@@ -1,6 +1,7 @@
 """libzmq test peers for the zmtp handler (Debian's python3-zmq).
 
 worker ADDR MECH [SECRET PUBLIC]   ROUTER bound to ADDR echoing every message
+poolworker ADDR MECH [SECRET PUBLIC] ROUTER connecting to ADDR (a zmtp_workers listener), echoing
 client ADDR MECH [SERVERPUB] SIZE  DEALER: sends [b"hello", SIZE bytes], expects the echo
 keypair                            prints a CURVE keypair (public secret)
 """
@@ -14,13 +15,18 @@ def main():
         return 0
     ctx = zmq.Context()
     addr, mech = sys.argv[2], sys.argv[3]
-    if role == "worker":
+    if role in ("worker", "poolworker"):
         s = ctx.socket(zmq.ROUTER)
         if mech == "CURVE":
             s.curve_server = True
             s.curve_secretkey = sys.argv[4].encode()
             s.curve_publickey = sys.argv[5].encode()
-        s.bind("tcp://" + addr)
+        if role == "worker":
+            s.bind("tcp://" + addr)
+        else:
+            s.setsockopt(zmq.HANDSHAKE_IVL, 0)  # wait parked as long as it takes
+            s.setsockopt(zmq.RECONNECT_IVL, 50)
+            s.connect("tcp://" + addr)
         print("ready", flush=True)
         while True:
             s.send_multipart(s.recv_multipart())
