@@ -2,6 +2,7 @@ package l4zmtp_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/caddyprelude/prelude/internal/e2e"
 	_ "github.com/caddyprelude/prelude/modules/l4zmtp"
+	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
 )
 
 const python = "/usr/bin/python3" // Debian's, with python3-zmq
@@ -44,7 +46,7 @@ func startWorker(t *testing.T, mech string, keys ...string) string {
 
 // startPeer runs testdata/peer.py with args until the test ends, once it
 // says it is ready.
-func startPeer(t *testing.T, args ...string) {
+func startPeer(t *testing.T, args ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(python, append([]string{"testdata/peer.py"}, args...)...)
 	out, _ := cmd.StdoutPipe()
@@ -57,6 +59,7 @@ func startPeer(t *testing.T, args ...string) {
 	if strings.TrimSpace(line) != "ready" {
 		t.Fatalf("peer %v did not start: %q", args, line)
 	}
+	return cmd
 }
 
 // client runs a libzmq DEALER that sends [hello, size bytes] through addr
@@ -136,5 +139,42 @@ func TestLeastConnSpreadsClients(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if a, b := r1.Conns.Load(), r2.Conns.Load(); a+b != 6 || a == 0 || b == 0 {
 		t.Fatalf("6 clients over two workers: %d and %d", a, b)
+	}
+}
+
+func TestKilledWorkerEndsItsPair(t *testing.T) {
+	requirePyZMQ(t)
+	addr := e2e.FreePort(t)
+	worker := startPeer(t, "worker", addr, "NULL")
+	c, proxyAddr := proxy(t, []string{addr})
+	cmd := exec.Command(python, "testdata/peer.py", "holdclient", proxyAddr, "NULL", "4096")
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "ok" {
+		t.Fatalf("client: %q", line)
+	}
+	var pairs []map[string]any
+	getPairs := func() {
+		code, body := c.Get(t, "/prelude/zmtp/pairs")
+		if code != 200 || json.Unmarshal([]byte(body), &pairs) != nil {
+			t.Fatalf("pairs: %d %s", code, body)
+		}
+	}
+	getPairs()
+	if len(pairs) != 1 || pairs[0]["worker"] != addr || pairs[0]["mechanism"] != "NULL" ||
+		pairs[0]["bytes_upstream"].(float64) < 4096 || pairs[0]["bytes_downstream"].(float64) < 4096 {
+		t.Fatalf("live pairs: %v", pairs)
+	}
+	_ = worker.Process.Kill()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if getPairs(); len(pairs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pair still listed after the worker died: %v", pairs)
+		}
 	}
 }

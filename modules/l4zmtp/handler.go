@@ -68,6 +68,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults and provisions the farm.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	initMetrics(ctx.GetMetricsRegistry())
 	if h.HandshakeTimeout == 0 {
 		h.HandshakeTimeout = caddy.Duration(DefaultHandshakeTimeout)
 	}
@@ -110,6 +111,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	timeout := time.Duration(h.HandshakeTimeout)
 	greeting, g, err := serverGreeting(cx, timeout)
 	if err != nil {
+		pairings.WithLabelValues(resultBadGreeting).Inc()
 		h.logger.Debug("zmtp greeting refused", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
 		return nil
 	}
@@ -118,6 +120,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		repl.Set("l4.zmtp.mechanism", g.Mechanism)
 	}
 	if len(h.Mechanisms) > 0 && !slices.Contains(h.Mechanisms, g.Mechanism) {
+		pairings.WithLabelValues(resultMechanismRefused).Inc()
 		h.logger.Debug("zmtp mechanism not allowed", zap.String("remote", cx.RemoteAddr().String()),
 			zap.String("mechanism", g.Mechanism))
 		return nil
@@ -131,6 +134,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		return workerHandshake(ctx, conn, greeting)
 	})
 	if err != nil {
+		pairings.WithLabelValues(resultWorkerUnreachable).Inc()
 		h.logger.Debug("zmtp worker unavailable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
 		return nil
 	}
@@ -138,6 +142,10 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	defer lease.Conn.Close()
 	h.logger.Debug("zmtp pair", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", lease.Member.Addr), zap.String("mechanism", g.Mechanism))
+	pairings.WithLabelValues(resultPaired).Inc()
+	p := addPair(&Pair{Client: cx.RemoteAddr().String(), Worker: lease.Member.Addr, Mechanism: g.Mechanism,
+		Since: time.Now(), client: cx.Conn})
+	defer removePair(p.ID)
 	up, down, err := relay.Relay(cx, lease.Conn)
 	h.logger.Debug("zmtp pair ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
@@ -238,15 +246,19 @@ var (
 // other's greeting so that both complete their own handshake, and relays.
 func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.Greeting) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.PairTimeout))
+	start := time.Now()
 	w, err := h.pool.take(ctx, g.Mechanism)
 	cancel()
+	holdTime.Observe(time.Since(start).Seconds())
 	if err != nil {
+		pairings.WithLabelValues(resultNoWorker).Inc()
 		h.logger.Debug("zmtp client not paired", zap.String("remote", cx.RemoteAddr().String()),
 			zap.String("pool", h.Workers), zap.String("mechanism", g.Mechanism), zap.Error(err))
 		return nil
 	}
 	defer close(w.done)
 	defer w.conn.Close()
+	<-w.released    // the worker side has stopped watching the connection
 	const tail = 11 // the signature and major each side already has from the proxy
 	if _, err := w.conn.Write(greeting[tail:]); err != nil {
 		return nil
@@ -257,6 +269,10 @@ func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.
 	h.logger.Debug("zmtp pair", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", w.conn.RemoteAddr().String()), zap.String("pool", h.Workers),
 		zap.String("mechanism", g.Mechanism))
+	pairings.WithLabelValues(resultPaired).Inc()
+	p := addPair(&Pair{Client: cx.RemoteAddr().String(), Worker: w.conn.RemoteAddr().String(),
+		Mechanism: g.Mechanism, Pool: h.Workers, Since: time.Now(), client: cx.Conn})
+	defer removePair(p.ID)
 	up, down, err := relay.Relay(cx, w.conn)
 	h.logger.Debug("zmtp pair ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))

@@ -17,6 +17,7 @@ type parked struct {
 	greeting  []byte // the worker's 64 bytes
 	mechanism string
 	taken     chan struct{} // closed when a client takes it
+	released  chan struct{} // closed when the parked watcher no longer reads the conn
 	done      chan struct{} // closed when the pair's session has ended
 }
 
@@ -102,8 +103,11 @@ func (p *pool) counts() map[string]int {
 // waitTakenOrGone blocks until a client takes w or the worker closes its
 // connection (its own handshake timer, a crash). A parked libzmq worker
 // sends nothing until it has the rest of our greeting, so any read result
-// means it is gone.
+// means it is gone. It closes w.released once its watcher has stopped
+// reading: the client must wait for that before using the connection, or
+// the watcher could swallow the worker's first byte.
 func waitTakenOrGone(w *parked) bool {
+	defer close(w.released)
 	gone := make(chan struct{})
 	go func() {
 		var b [1]byte

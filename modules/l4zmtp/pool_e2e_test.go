@@ -53,6 +53,15 @@ func TestIssueCaddyfileBothTopologies(t *testing.T) {
 	// Workers that connect to the proxy: one NULL, one CURVE.
 	startPoolWorker(t, workersIn, "NULL")
 	startPoolWorker(t, workersIn, "CURVE", sec, pub)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, body := c.Get(t, "/prelude/zmtp/workers")
+		if strings.Contains(body, `"pool":"pool1","parked":{"CURVE":1,"NULL":1},"busy":0`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/prelude/zmtp/workers: %s", body)
+		}
+	}
 	for i := 0; i < 3; i++ { // each pair ends with the client; the worker reconnects and parks again
 		if got := client(t, poolFront, "NULL", "65536"); got != "ok" {
 			t.Fatalf("NULL client %d via the pool: %q\n%s", i, got, c.Logs())

@@ -44,6 +44,7 @@ func (*WorkersHandler) CaddyModule() caddy.ModuleInfo {
 // Provision joins the pool.
 func (h *WorkersHandler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	initMetrics(ctx.GetMetricsRegistry())
 	if h.Pool == "" {
 		return errors.New("pool: a pool name is required")
 	}
@@ -68,7 +69,7 @@ func (h *WorkersHandler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		return nil
 	}
 	w := &parked{conn: cx.Conn, greeting: greeting, mechanism: g.Mechanism,
-		taken: make(chan struct{}), done: make(chan struct{})}
+		taken: make(chan struct{}), released: make(chan struct{}), done: make(chan struct{})}
 	h.pool.park(w)
 	h.logger.Debug("zmtp worker parked", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("pool", h.Pool), zap.String("mechanism", g.Mechanism))

@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddyprelude/prelude/modules/l4foo"
+	"github.com/caddyprelude/prelude/modules/l4zmtp"
 )
 
 func init() {
@@ -23,6 +24,8 @@ func init() {
 //
 //	GET /prelude/foo/stats[?name=<set>]   the stats JSON of a Foo stats set
 //	GET /prelude/foo/health[?name=<set>]  200 if a member of its farms accepts a TCP connect, else 503
+//	GET /prelude/zmtp/pairs                live ZMTP client-worker pairs
+//	GET /prelude/zmtp/workers              parked and busy workers per pool
 type Admin struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -38,6 +41,8 @@ func (a Admin) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/prelude/foo/stats", Handler: caddy.AdminHandlerFunc(a.fooStats)},
 		{Pattern: "/prelude/foo/health", Handler: caddy.AdminHandlerFunc(a.fooHealth)},
+		{Pattern: "/prelude/zmtp/pairs", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pairs() }))},
+		{Pattern: "/prelude/zmtp/workers", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pools() }))},
 	}
 }
 
@@ -81,3 +86,14 @@ func (Admin) fooHealth(w http.ResponseWriter, r *http.Request) error {
 }
 
 var _ caddy.AdminRouter = Admin{}
+
+// getJSON serves the value f returns as JSON on GET.
+func getJSON(f func() any) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method != http.MethodGet {
+			return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method not allowed")}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		return json.NewEncoder(w).Encode(f())
+	}
+}

@@ -3,6 +3,7 @@
 worker ADDR MECH [SECRET PUBLIC]   ROUTER bound to ADDR echoing every message
 poolworker ADDR MECH [SECRET PUBLIC] ROUTER connecting to ADDR (a zmtp_workers listener), echoing
 client ADDR MECH [SERVERPUB] SIZE  DEALER: sends [b"hello", SIZE bytes], expects the echo
+holdclient ADDR MECH SIZE           like client, then prints "paired" and stays connected
 keypair                            prints a CURVE keypair (public secret)
 """
 import sys, zmq
@@ -55,6 +56,9 @@ def main():
         print("mismatch", len(got), [len(p) for p in got], flush=True)
         return 3
     print("ok", flush=True)
+    if role == "holdclient":
+        import time
+        time.sleep(60)
     return 0
 
 sys.exit(main())
