@@ -31,7 +31,7 @@ test: test-deps check
 # A 56 MB git clone takes seconds and a Foo round 100000 requests, so those run fewer times.
 BENCH = $(GO) test -run '^$$' -timeout 30m ./bench/
 BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput' -benchtime 20x -count 3
-BENCH_GIT = -bench 'GitClone|FooMessages' -benchtime 5x -count 2
+BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP' -benchtime 5x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
 bench: test-deps build
 	@echo "== in process, all CPUs shared"
