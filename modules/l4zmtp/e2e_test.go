@@ -178,3 +178,54 @@ func TestKilledWorkerEndsItsPair(t *testing.T) {
 		}
 	}
 }
+
+func TestREQREPBothTopologies(t *testing.T) {
+	requirePyZMQ(t)
+	req := func(addr string) string {
+		out, _ := exec.Command(python, "testdata/peer.py", "reqclient", addr, "NULL", "100000").Output()
+		return strings.TrimSpace(string(out))
+	}
+	// A REP worker that listens, behind `to`.
+	rep := e2e.FreePort(t)
+	startPeer(t, "repworker", rep, "NULL", "bind")
+	front, workersIn, poolFront := e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t)
+	cf := strings.NewReplacer("FRONT", front, "REP", rep, "WORKERS", workersIn, "POOL", poolFront).Replace(`{
+	layer4 {
+		FRONT {
+			@zmtp zmtp
+			route @zmtp {
+				zmtp {
+					to REP
+				}
+			}
+		}
+		WORKERS {
+			@zmtp zmtp
+			route @zmtp {
+				zmtp_workers reps
+			}
+		}
+		POOL {
+			@zmtp zmtp
+			route @zmtp {
+				zmtp {
+					workers reps
+					pair_timeout 5s
+				}
+			}
+		}
+	}
+}
+`)
+	e2e.StartCaddyfile(t, cf)
+	if got := req(front); got != "ok" {
+		t.Fatalf("REQ to a listening REP through the proxy: %q", got)
+	}
+	// A REP worker that connects to the proxy, paired through the pool.
+	startPeer(t, "repworker", workersIn, "NULL", "connect")
+	for i := 0; i < 2; i++ {
+		if got := req(poolFront); got != "ok" {
+			t.Fatalf("REQ %d to a pooled REP: %q", i, got)
+		}
+	}
+}

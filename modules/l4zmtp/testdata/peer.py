@@ -4,6 +4,8 @@ worker ADDR MECH [SECRET PUBLIC]   ROUTER bound to ADDR echoing every message
 poolworker ADDR MECH [SECRET PUBLIC] ROUTER connecting to ADDR (a zmtp_workers listener), echoing
 client ADDR MECH [SERVERPUB] SIZE  DEALER: sends [b"hello", SIZE bytes], expects the echo
 holdclient ADDR MECH SIZE           like client, then prints "paired" and stays connected
+repworker ADDR MECH [bind|connect]  REP echo worker
+reqclient ADDR MECH SIZE           REQ: one request of SIZE bytes, expects the echo
 keypair                            prints a CURVE keypair (public secret)
 """
 import sys, zmq
@@ -16,6 +18,31 @@ def main():
         return 0
     ctx = zmq.Context()
     addr, mech = sys.argv[2], sys.argv[3]
+    if role == "repworker":
+        s = ctx.socket(zmq.REP)
+        if sys.argv[4] == "bind":
+            s.bind("tcp://" + addr)
+        else:
+            s.setsockopt(zmq.HANDSHAKE_IVL, 0)
+            s.setsockopt(zmq.RECONNECT_IVL, 50)
+            s.connect("tcp://" + addr)
+        print("ready", flush=True)
+        while True:
+            s.send(s.recv())
+    if role == "reqclient":
+        s = ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVTIMEO, 3000)
+        s.connect("tcp://" + addr)
+        body = b"r" * int(sys.argv[4])
+        s.send(body)
+        try:
+            ok = s.recv() == body
+        except zmq.Again:
+            print("timeout", flush=True)
+            return 2
+        print("ok" if ok else "mismatch", flush=True)
+        return 0 if ok else 3
     if role in ("worker", "poolworker"):
         s = ctx.socket(zmq.ROUTER)
         if mech == "CURVE":
