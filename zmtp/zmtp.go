@@ -170,3 +170,29 @@ func ParseMetadata(b []byte) ([]Property, error) {
 	}
 	return out, nil
 }
+
+// PlainUsername returns the username of a PLAIN HELLO command's data
+// (RFC 24: username and password, each a 1-byte length and bytes). The
+// password is checked for framing but never returned.
+func PlainUsername(data []byte) (string, error) {
+	if len(data) < 1 || len(data) < 1+int(data[0])+1 {
+		return "", fmt.Errorf("%w: PLAIN HELLO username", ErrMalformed)
+	}
+	n := int(data[0])
+	user := string(data[1 : 1+n])
+	rest := data[1+n:]
+	if len(rest) != 1+int(rest[0]) {
+		return "", fmt.Errorf("%w: PLAIN HELLO password length", ErrMalformed)
+	}
+	return user, nil
+}
+
+// GreetingTail returns bytes 11-63 of a greeting (the minor version,
+// mechanism, as-server and filler), for a peer that has already been sent
+// the signature and major version.
+func GreetingTail(minor uint8, mechanism string) []byte {
+	t := make([]byte, GreetingLen-11)
+	t[0] = minor
+	copy(t[1:21], mechanism)
+	return t
+}

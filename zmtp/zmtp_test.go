@@ -177,3 +177,17 @@ func FuzzGreetingAndCommands(f *testing.F) {
 		}
 	})
 }
+
+func TestPlainUsername(t *testing.T) {
+	if u, err := PlainUsername([]byte("\x05alice\x06secret")); err != nil || u != "alice" {
+		t.Fatalf("%q %v", u, err)
+	}
+	for _, bad := range []string{"", "\x05ali", "\x05alice", "\x05alice\x09secret"} {
+		if _, err := PlainUsername([]byte(bad)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if g, err := ParseGreeting(append(append(Signature(), 3), GreetingTail(1, "PLAIN")...)); err != nil || g.Mechanism != "PLAIN" || g.Minor != 1 {
+		t.Fatalf("GreetingTail: %+v %v", g, err)
+	}
+}

@@ -139,3 +139,6 @@ func (d *DNS) Remove(name string) {
 	defer d.mu.Unlock()
 	delete(d.recs, dns.Fqdn(name))
 }
+
+// Close stops the relay accepting: new connections are refused.
+func (r *Relay) Close() { _ = r.ln.Close() }

@@ -64,10 +64,21 @@ func (e *NoMemberError) Error() string {
 // lb_try_duration, repeatedly) has failed. The context bounds the whole
 // operation. On success the caller owns the lease and must Release it.
 func (f *Farm) Dial(ctx context.Context, client net.Addr, attempt AttemptFunc) (*Lease, error) {
+	return f.dial(ctx, client, "", attempt)
+}
+
+// DialSticky is Dial with the members ordered by a hash of key instead of
+// lb_policy: the same key reaches the same member while the member set is
+// unchanged, and the members after it, in order, are its fallbacks.
+func (f *Farm) DialSticky(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
+	return f.dial(ctx, client, key, attempt)
+}
+
+func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
 	tryUntil := time.Now().Add(time.Duration(f.LBTryDuration))
 	noMember := &NoMemberError{}
 	for {
-		order, resolveErrs := f.candidates(ctx, client)
+		order, resolveErrs := f.candidates(ctx, client, key)
 		noMember.Tried = append(noMember.Tried, resolveErrs...)
 		for _, m := range order {
 			if f.MaxConnections > 0 && m.Active() >= int64(f.MaxConnections) {
@@ -139,7 +150,7 @@ func trimOpError(err error) error {
 
 // candidates returns the members in the order to try them: healthy members in
 // policy order, then members sitting out a failure as a last resort.
-func (f *Farm) candidates(ctx context.Context, client net.Addr) ([]*Member, []string) {
+func (f *Farm) candidates(ctx context.Context, client net.Addr, key string) ([]*Member, []string) {
 	all, errs := f.Members(ctx)
 	now := time.Now()
 	var healthy, failed []*Member
@@ -150,9 +161,13 @@ func (f *Farm) candidates(ctx context.Context, client net.Addr) ([]*Member, []st
 			healthy = append(healthy, m)
 		}
 	}
-	order := f.policy(f, healthy, client)
+	pick := f.policy
+	if key != "" {
+		pick = func(_ *Farm, ms []*Member, _ net.Addr) []*Member { return hashOrder(ms, key) }
+	}
+	order := pick(f, healthy, client)
 	if len(failed) > 0 { // policies with state (round robin) advance once per pick
-		order = append(order, f.policy(f, failed, client)...)
+		order = append(order, pick(f, failed, client)...)
 	}
 	return order, errs
 }

@@ -160,7 +160,7 @@ func TestFailoverAndPassiveFailure(t *testing.T) {
 		t.Fatalf("failure marks: dead=%v live=%v", ms[0].Failed(time.Now()), ms[1].Failed(time.Now()))
 	}
 	// The failed member now goes last, even under "first".
-	order, _ := f.candidates(context.Background(), nil)
+	order, _ := f.candidates(context.Background(), nil, "")
 	if !reflect.DeepEqual(addrs(order), []string{live, dead}) {
 		t.Fatalf("candidate order %v", addrs(order))
 	}
@@ -305,5 +305,38 @@ func TestValidate(t *testing.T) {
 		if err := f.Validate(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%v: %v, want an error containing %q", f.To, err, want)
 		}
+	}
+}
+
+func TestDialStickyKeepsKeyAndFallsBack(t *testing.T) {
+	to := listeners(t, 3)
+	f := provisioned(t, &Farm{To: to, FailDuration: -1})
+	pickFor := func(key string) string {
+		l, err := f.DialSticky(context.Background(), nil, key, accept)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Release()
+		_ = l.Conn.Close()
+		return l.Member.Addr
+	}
+	first := pickFor("client-7")
+	for i := 0; i < 5; i++ {
+		if got := pickFor("client-7"); got != first {
+			t.Fatalf("sticky key moved from %s to %s", first, got)
+		}
+	}
+	// The sticky member refuses: the next member in order takes over, and
+	// the same one every time.
+	fallback := ""
+	_, err := f.DialSticky(context.Background(), nil, "client-7", func(_ context.Context, m *Member, _ net.Conn) error {
+		if m.Addr == first {
+			return errors.New("gone")
+		}
+		fallback = m.Addr
+		return nil
+	})
+	if err != nil || fallback == "" || fallback == first {
+		t.Fatalf("fallback %q, %v", fallback, err)
 	}
 }

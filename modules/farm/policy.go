@@ -57,15 +57,21 @@ func leastConn(f *Farm, ms []*Member, _ net.Addr) []*Member {
 }
 
 // ipHash starts at a member chosen by the client's IP, so one client keeps
-// reaching the same member while the member set is unchanged.
+// reaching the same member while the member set is unchanged; the members
+// after it, in order, are its fallbacks.
 func ipHash(_ *Farm, ms []*Member, client net.Addr) []*Member {
-	h := fnv.New32a()
-	if client != nil {
-		host, _, err := net.SplitHostPort(client.String())
-		if err != nil {
-			host = client.String()
-		}
-		_, _ = h.Write([]byte(host))
+	if client == nil {
+		return hashOrder(ms, "")
 	}
+	host, _, err := net.SplitHostPort(client.String())
+	if err != nil {
+		host = client.String()
+	}
+	return hashOrder(ms, host)
+}
+
+func hashOrder(ms []*Member, key string) []*Member {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
 	return rotate(ms, int(h.Sum32()%uint32(max(len(ms), 1))))
 }

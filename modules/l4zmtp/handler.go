@@ -2,12 +2,14 @@ package l4zmtp
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -16,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/internal/readprelude"
 	"github.com/caddyprelude/prelude/modules/relay"
 	"github.com/caddyprelude/prelude/zmtp"
 )
@@ -52,6 +55,16 @@ type Handler struct {
 	// How long a client waits for an idle worker of its mechanism before it
 	// is closed. Default 10s.
 	PairTimeout caddy.Duration `json:"pair_timeout,omitempty"`
+	// Read the client's READY (NULL) or HELLO (PLAIN) before choosing a
+	// worker, for {l4.zmtp.socket_type}, {l4.zmtp.identity} and
+	// {l4.zmtp.user} and for sticky identity. The proxy then completes the
+	// client's greeting itself, with the client's own minor version.
+	InspectMetadata bool `json:"inspect_metadata,omitempty"`
+	// Send a client to the same worker each time: "identity" (the routing
+	// identity from READY; needs inspect_metadata; clients without one are
+	// keyed by address) or "remote_ip". The next workers in order are the
+	// fallbacks when that worker is gone. Only with `to`.
+	Sticky string `json:"sticky,omitempty"`
 
 	pool   *pool
 	logger *zap.Logger
@@ -76,6 +89,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if !slices.Contains([]string{"NULL", "PLAIN", "CURVE", "GSSAPI"}, m) {
 			return fmt.Errorf("mechanisms: unknown mechanism %q", m)
 		}
+	}
+	switch {
+	case h.Sticky != "" && h.Sticky != "identity" && h.Sticky != "remote_ip":
+		return fmt.Errorf("sticky: %q is not identity or remote_ip", h.Sticky)
+	case h.Sticky != "" && h.Workers != "":
+		return errors.New("sticky: applies to workers that listen (to), not to a worker pool")
+	case h.Sticky == "identity" && !h.InspectMetadata:
+		return errors.New("sticky identity: needs inspect_metadata to read the identity")
 	}
 	if h.Workers != "" {
 		if len(h.To) > 0 {
@@ -128,11 +149,34 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if h.pool != nil {
 		return h.pairWithParked(cx, greeting, g)
 	}
+	var meta metadata
+	if h.InspectMetadata && (g.Mechanism == "NULL" || g.Mechanism == "PLAIN") {
+		if meta, err = inspect(cx, g, timeout); err != nil {
+			pairings.WithLabelValues(resultBadGreeting).Inc()
+			h.logger.Debug("zmtp metadata unreadable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
+			return nil
+		}
+		if repl, ok := cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer); ok {
+			repl.Set("l4.zmtp.socket_type", meta.socketType)
+			repl.Set("l4.zmtp.identity", meta.identity)
+			repl.Set("l4.zmtp.user", meta.user)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	lease, err := h.Dial(ctx, cx.RemoteAddr(), func(ctx context.Context, _ *farm.Member, conn net.Conn) error {
+	attempt := func(ctx context.Context, _ *farm.Member, conn net.Conn) error {
+		if meta.first != nil {
+			return inspectedWorkerHandshake(ctx, conn, greeting, meta.first)
+		}
 		return workerHandshake(ctx, conn, greeting)
-	})
+	}
+	var lease *farm.Lease
+	switch key := h.stickyKey(cx, meta); {
+	case key != "":
+		lease, err = h.DialSticky(ctx, cx.RemoteAddr(), key, attempt)
+	default:
+		lease, err = h.Dial(ctx, cx.RemoteAddr(), attempt)
+	}
 	if err != nil {
 		pairings.WithLabelValues(resultWorkerUnreachable).Inc()
 		h.logger.Debug("zmtp worker unavailable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
@@ -141,7 +185,8 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	defer lease.Release()
 	defer lease.Conn.Close()
 	h.logger.Debug("zmtp pair", zap.String("remote", cx.RemoteAddr().String()),
-		zap.String("upstream", lease.Member.Addr), zap.String("mechanism", g.Mechanism))
+		zap.String("upstream", lease.Member.Addr), zap.String("mechanism", g.Mechanism),
+		zap.String("identity", meta.identity), zap.String("socket_type", meta.socketType), zap.String("user", meta.user))
 	pairings.WithLabelValues(resultPaired).Inc()
 	p := addPair(&Pair{Client: cx.RemoteAddr().String(), Worker: lease.Member.Addr, Mechanism: g.Mechanism,
 		Since: time.Now(), client: cx.Conn})
@@ -186,6 +231,8 @@ func workerHandshake(ctx context.Context, conn net.Conn, clientGreeting []byte) 
 //		handshake_timeout <duration>
 //		workers <pool>
 //		pair_timeout <duration>
+//		inspect_metadata
+//		sticky identity|remote_ip
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
@@ -207,11 +254,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Mechanisms = append(h.Mechanisms, args...)
-		case "workers":
+		case "workers", "sticky":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
-			h.Workers = d.Val()
+			if opt == "workers" {
+				h.Workers = d.Val()
+			} else {
+				h.Sticky = d.Val()
+			}
+		case "inspect_metadata":
+			h.InspectMetadata = true
 		case "handshake_timeout", "pair_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -277,4 +330,115 @@ func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.
 	h.logger.Debug("zmtp pair ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
 	return nil
+}
+
+// metadata is what inspect_metadata learnt from the client's first command.
+type metadata struct {
+	socketType, identity, user string
+	first                      []byte // the client's bytes read so far, replayed to the worker
+}
+
+// maxFirstFrame bounds the READY or HELLO the proxy reads.
+const maxFirstFrame = 64 << 10
+
+// inspect completes the client's greeting with the proxy's own tail (the
+// client's minor version and mechanism) and reads the client's READY (NULL)
+// or HELLO (PLAIN). The PLAIN password is never kept.
+func inspect(cx *layer4.Connection, g zmtp.Greeting, timeout time.Duration) (metadata, error) {
+	_ = cx.SetDeadline(time.Now().Add(timeout))
+	defer cx.SetDeadline(time.Time{})
+	if _, err := cx.Write(zmtp.GreetingTail(g.Minor, g.Mechanism)); err != nil {
+		return metadata{}, err
+	}
+	frame, rest, err := readprelude.Read(cx, func(b []byte) (zmtp.Frame, int, error) {
+		return zmtp.ParseFrame(b, maxFirstFrame)
+	}, zmtp.ErrNeedMore)
+	if err != nil {
+		return metadata{}, err
+	}
+	if !frame.IsCommand() {
+		return metadata{}, errors.New("the client's first frame is not a command")
+	}
+	cmd, err := zmtp.ParseCommand(frame.Body)
+	if err != nil {
+		return metadata{}, err
+	}
+	var m metadata
+	switch cmd.Name {
+	case "READY":
+		props, err := zmtp.ParseMetadata(cmd.Data)
+		if err != nil {
+			return metadata{}, err
+		}
+		for _, p := range props {
+			switch strings.ToLower(p.Name) {
+			case "socket-type":
+				m.socketType = string(p.Value)
+			case "identity":
+				m.identity = string(p.Value)
+			}
+		}
+	case "HELLO":
+		if m.user, err = zmtp.PlainUsername(cmd.Data); err != nil {
+			return metadata{}, err
+		}
+	default:
+		return metadata{}, fmt.Errorf("unexpected %s command", cmd.Name)
+	}
+	hdr := 2
+	if frame.Flags&zmtp.FlagLong != 0 {
+		hdr = 9
+	}
+	m.first = append(append(make([]byte, 0, hdr+len(frame.Body)+len(rest)), frameBytes(frame, hdr)...), rest...)
+	return m, nil
+}
+
+// frameBytes re-encodes a parsed frame exactly as it came.
+func frameBytes(f zmtp.Frame, hdr int) []byte {
+	out := []byte{f.Flags}
+	if hdr == 9 {
+		out = binary.BigEndian.AppendUint64(out, uint64(len(f.Body)))
+	} else {
+		out = append(out, byte(len(f.Body)))
+	}
+	return append(out, f.Body...)
+}
+
+// inspectedWorkerHandshake gives the worker the client's greeting, consumes
+// the worker's whole greeting (the client already has the proxy's), and
+// replays the client's first command and whatever followed it.
+func inspectedWorkerHandshake(ctx context.Context, conn net.Conn, clientGreeting, first []byte) error {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := conn.Write(clientGreeting); err != nil {
+		return err
+	}
+	theirs := make([]byte, zmtp.GreetingLen)
+	if _, err := io.ReadFull(conn, theirs); err != nil {
+		return fmt.Errorf("worker greeting: %w", err)
+	}
+	if _, err := zmtp.ParseGreeting(theirs); err != nil {
+		return err
+	}
+	if _, err := conn.Write(first); err != nil {
+		return err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return nil
+}
+
+// stickyKey is the key a sticky handler hashes to pick the worker, or "".
+func (h *Handler) stickyKey(cx *layer4.Connection, m metadata) string {
+	switch {
+	case h.Sticky == "identity" && m.identity != "":
+		return "identity:" + m.identity
+	case h.Sticky != "":
+		host, _, err := net.SplitHostPort(cx.RemoteAddr().String())
+		if err != nil {
+			host = cx.RemoteAddr().String()
+		}
+		return "ip:" + host
+	}
+	return ""
 }

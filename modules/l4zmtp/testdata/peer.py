@@ -6,6 +6,7 @@ client ADDR MECH [SERVERPUB] SIZE  DEALER: sends [b"hello", SIZE bytes], expects
 holdclient ADDR MECH SIZE           like client, then prints "paired" and stays connected
 repworker ADDR MECH [bind|connect]  REP echo worker
 reqclient ADDR MECH SIZE           REQ: one request of SIZE bytes, expects the echo
+idclient ADDR NULL IDENTITY SIZE   client with a routing identity
 keypair                            prints a CURVE keypair (public secret)
 """
 import sys, zmq
@@ -49,6 +50,12 @@ def main():
             s.curve_server = True
             s.curve_secretkey = sys.argv[4].encode()
             s.curve_publickey = sys.argv[5].encode()
+        if mech == "PLAIN":
+            from zmq.auth.thread import ThreadAuthenticator
+            auth = ThreadAuthenticator(ctx)
+            auth.start()
+            auth.configure_plain(domain="*", passwords={"alice": "plain-secret-pw"})
+            s.plain_server = True
         if role == "worker":
             s.bind("tcp://" + addr)
         else:
@@ -59,6 +66,9 @@ def main():
         while True:
             s.send_multipart(s.recv_multipart())
     s = ctx.socket(zmq.DEALER)
+    if role == "idclient":  # client with a routing identity: idclient ADDR NULL IDENTITY SIZE
+        s.setsockopt(zmq.IDENTITY, sys.argv[4].encode())
+        del sys.argv[4]
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.RCVTIMEO, 3000)
     if mech == "CURVE":
