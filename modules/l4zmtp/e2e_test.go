@@ -180,14 +180,26 @@ func TestKilledWorkerEndsItsPair(t *testing.T) {
 }
 
 func TestREQREPBothTopologies(t *testing.T) {
+	for _, mech := range []string{"NULL", "CURVE"} {
+		t.Run(mech, func(t *testing.T) { reqRepBothTopologies(t, mech) })
+	}
+}
+
+func reqRepBothTopologies(t *testing.T, mech string) {
 	requirePyZMQ(t)
+	var keys, serverPub []string
+	if mech == "CURVE" {
+		pub, sec := keypair(t)
+		keys, serverPub = []string{sec, pub}, []string{pub}
+	}
 	req := func(addr string) string {
-		out, _ := exec.Command(python, "testdata/peer.py", "reqclient", addr, "NULL", "100000").Output()
+		args := append([]string{"testdata/peer.py", "reqclient", addr, mech, "100000"}, serverPub...)
+		out, _ := exec.Command(python, args...).Output()
 		return strings.TrimSpace(string(out))
 	}
 	// A REP worker that listens, behind `to`.
 	rep := e2e.FreePort(t)
-	startPeer(t, "repworker", rep, "NULL", "bind")
+	startPeer(t, append([]string{"repworker", rep, mech, "bind"}, keys...)...)
 	front, workersIn, poolFront := e2e.FreePort(t), e2e.FreePort(t), e2e.FreePort(t)
 	cf := strings.NewReplacer("FRONT", front, "REP", rep, "WORKERS", workersIn, "POOL", poolFront).Replace(`{
 	layer4 {
@@ -222,7 +234,7 @@ func TestREQREPBothTopologies(t *testing.T) {
 		t.Fatalf("REQ to a listening REP through the proxy: %q", got)
 	}
 	// A REP worker that connects to the proxy, paired through the pool.
-	startPeer(t, "repworker", workersIn, "NULL", "connect")
+	startPeer(t, append([]string{"repworker", workersIn, mech, "connect"}, keys...)...)
 	for i := 0; i < 2; i++ {
 		if got := req(poolFront); got != "ok" {
 			t.Fatalf("REQ %d to a pooled REP: %q", i, got)

@@ -19,8 +19,12 @@ def main():
         return 0
     ctx = zmq.Context()
     addr, mech = sys.argv[2], sys.argv[3]
-    if role == "repworker":
+    if role == "repworker":  # repworker ADDR MECH bind|connect [SECRET PUBLIC]
         s = ctx.socket(zmq.REP)
+        if mech == "CURVE":
+            s.curve_server = True
+            s.curve_secretkey = sys.argv[5].encode()
+            s.curve_publickey = sys.argv[6].encode()
         if sys.argv[4] == "bind":
             s.bind("tcp://" + addr)
         else:
@@ -30,8 +34,12 @@ def main():
         print("ready", flush=True)
         while True:
             s.send(s.recv())
-    if role == "reqclient":
+    if role == "reqclient":  # reqclient ADDR MECH SIZE [SERVERPUB]
         s = ctx.socket(zmq.REQ)
+        if mech == "CURVE":
+            pub, sec = zmq.curve_keypair()
+            s.curve_publickey, s.curve_secretkey = pub, sec
+            s.curve_serverkey = sys.argv[5].encode()
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RCVTIMEO, 3000)
         s.connect("tcp://" + addr)
