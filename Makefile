@@ -31,15 +31,18 @@ test: test-deps check
 # A 56 MB git clone takes seconds and a Foo round 100000 requests, so those run fewer times.
 BENCH = $(GO) test -run '^$$' -timeout 30m ./bench/
 BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput' -benchtime 20x -count 3
-BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP' -benchtime 5x -count 2
+BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP$$' -benchtime 5x -count 2
+BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
 bench: test-deps build
 	@echo "== in process, all CPUs shared"
 	$(BENCH) $(BENCH_AMQP)
 	$(BENCH) $(BENCH_GIT)
+	$(BENCH) $(BENCH_CURVE)
 	@echo "== ./caddy as its own process on CPU 1; clients and servers on CPU 0"
 	$(PINNED) $(BENCH) $(BENCH_AMQP)
 	$(PINNED) $(BENCH) $(BENCH_GIT)
+	$(PINNED) $(BENCH) $(BENCH_CURVE)
 
 # Runs each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s

@@ -7,6 +7,7 @@ holdclient ADDR MECH SIZE           like client, then prints "paired" and stays 
 repworker ADDR MECH [bind|connect]  REP echo worker
 reqclient ADDR MECH SIZE           REQ: one request of SIZE bytes, expects the echo
 idclient ADDR NULL IDENTITY SIZE   client with a routing identity
+throughput ADDR MECH N SIZE [SERVERPUB]  DEALER: N pipelined SIZE-byte messages echoed; prints seconds
 keypair                            prints a CURVE keypair (public secret)
 """
 import sys, zmq
@@ -34,6 +35,29 @@ def main():
         print("ready", flush=True)
         while True:
             s.send(s.recv())
+    if role == "throughput":
+        import time
+        s = ctx.socket(zmq.DEALER)
+        if mech == "CURVE":
+            pub, sec = zmq.curve_keypair()
+            s.curve_publickey, s.curve_secretkey = pub, sec
+            s.curve_serverkey = sys.argv[6].encode()
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RCVTIMEO, 20000)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.connect("tcp://" + addr)
+        n, size = int(sys.argv[4]), int(sys.argv[5])
+        s.send(b"warm")
+        s.recv()
+        msg = b"m" * size
+        start = time.monotonic()
+        for _ in range(n):
+            s.send(msg)
+        for _ in range(n):
+            s.recv()
+        print("%.6f" % (time.monotonic() - start), flush=True)
+        return 0
     if role == "reqclient":  # reqclient ADDR MECH SIZE [SERVERPUB]
         s = ctx.socket(zmq.REQ)
         if mech == "CURVE":

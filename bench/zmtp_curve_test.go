@@ -1,0 +1,76 @@
+package bench
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
+)
+
+const pyPeer = "../modules/l4zmtp/testdata/peer.py"
+
+// BenchmarkZMTPCurveLibzmq measures CURVE throughput with libzmq on both
+// ends (python3-zmq): 2000 pipelined 64 KiB messages echoed by a CURVE
+// ROUTER, per path, one after the other in every iteration. The peers'
+// encryption dominates; what it shows is what each proxy costs on top.
+func BenchmarkZMTPCurveLibzmq(b *testing.B) {
+	if err := exec.Command("/usr/bin/python3", "-c", "import zmq").Run(); err != nil {
+		b.Fatalf("python3-zmq is required (make bench installs it): %v", err)
+	}
+	keys, err := exec.Command("/usr/bin/python3", pyPeer, "keypair").Output()
+	if err != nil {
+		b.Fatal(err)
+	}
+	pub, sec := strings.Fields(string(keys))[0], strings.Fields(string(keys))[1]
+	worker := e2e.FreePort(b)
+	cmd := exec.Command("/usr/bin/python3", pyPeer, "worker", worker, "CURVE", sec, pub)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "ready" {
+		b.Fatalf("worker: %q", line)
+	}
+	prelude, l4proxy := e2e.FreePort(b), e2e.FreePort(b)
+	startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+		"prelude": map[string]any{"listen": []string{prelude}, "routes": []any{map[string]any{
+			"match":  []any{map[string]any{"zmtp": map[string]any{}}},
+			"handle": []any{map[string]any{"handler": "zmtp", "to": []string{worker}}},
+		}}},
+		"l4proxy": map[string]any{"listen": []string{l4proxy}, "routes": []any{map[string]any{
+			"handle": []any{map[string]any{"handler": "proxy",
+				"upstreams": []any{map[string]any{"dial": []string{worker}}}}},
+		}}},
+	}}}})
+	const n, size = 2000, 64 << 10
+	secs := map[string]float64{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, path := range (paths{direct: worker, prelude: prelude, l4proxy: l4proxy}).each() {
+			out, err := exec.Command("/usr/bin/python3", pyPeer, "throughput", path[1], "CURVE",
+				strconv.Itoa(n), strconv.Itoa(size), pub).Output()
+			if err != nil {
+				b.Fatalf("%s: %v %s", path[0], err, out)
+			}
+			s, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+			if err != nil {
+				b.Fatalf("%s: %q", path[0], out)
+			}
+			secs[path[0]] += s
+		}
+	}
+	b.StopTimer()
+	mbps := map[string]float64{}
+	for name, s := range secs {
+		mbps[name] = float64(b.N) * 2 * n * size / s / 1e6
+		b.ReportMetric(mbps[name], name+"-MB/s")
+	}
+	b.ReportMetric(mbps["prelude"]/mbps["direct"], "prelude/direct")
+	b.ReportMetric(mbps["l4proxy"]/mbps["direct"], "l4proxy/direct")
+}
