@@ -282,10 +282,10 @@ func (s *session) routeAndRelay() string {
 	}
 	defer lease.Release()
 	defer lease.Conn.Close()
+	s.setPlaceholders(lease.Member.Addr) // before Open-Ok: the session is routed once the client sees it
 	if _, err := s.cx.Write(openOk); err != nil {
 		return outcomeClientClosed
 	}
-	s.setPlaceholders(lease.Member.Addr)
 	_ = s.cx.SetDeadline(time.Time{})
 	s.h.logger.Debug("amqp session routed",
 		zap.String("remote", s.remote.String()), zap.String("upstream", lease.Member.Addr),
