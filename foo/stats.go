@@ -56,13 +56,14 @@ type Conn struct {
 	server      side
 }
 
-// side is one direction's unflushed counts.
+// side is one direction's unflushed counts, and the Seqs it saw: requests
+// to remember (client side) or answers to match (server side).
 type side struct {
 	batching      bool
 	now           time.Time
 	req, ack, nak uint64
 	invalid       uint64
-	lat           []time.Duration
+	seqs          []uint64
 }
 
 // Open starts analysing a connection; Close it when the connection ends.
@@ -112,16 +113,40 @@ func (c *Conn) Flush(d Direction) {
 	if sd.invalid > 0 {
 		s.invalid.Add(sd.invalid)
 	}
-	if len(sd.lat) > 0 {
+	if len(sd.seqs) > 0 {
+		c.flushSeqs(d, sd)
+	}
+	seqs := sd.seqs[:0]
+	*sd = side{seqs: seqs}
+}
+
+// flushSeqs records a batch of request Seqs, or matches a batch of answers
+// against them for latency, under one lock per batch.
+func (c *Conn) flushSeqs(d Direction, sd *side) {
+	var lat []time.Duration
+	c.mu.Lock()
+	for _, seq := range sd.seqs {
+		if d == FromClient {
+			if _, dup := c.outstanding[seq]; !dup && len(c.outstanding) < maxOutstanding {
+				c.outstanding[seq] = sd.now
+			}
+			continue
+		}
+		if sent, ok := c.outstanding[seq]; ok {
+			delete(c.outstanding, seq)
+			lat = append(lat, sd.now.Sub(sent))
+		}
+	}
+	c.mu.Unlock()
+	if len(lat) > 0 {
+		s := c.s
 		s.latMu.Lock()
-		for _, d := range sd.lat {
-			s.lat[s.latN%latencySamples] = d
+		for _, l := range lat {
+			s.lat[s.latN%latencySamples] = l
 			s.latN++
 		}
 		s.latMu.Unlock()
 	}
-	lat := sd.lat[:0]
-	*sd = side{lat: lat}
 }
 
 // ClientLine observes one line the client sent (without LF).
@@ -136,13 +161,7 @@ func (c *Conn) ClientLine(line []byte) {
 		sd.invalid++
 	} else {
 		sd.req++
-		c.mu.Lock()
-		if len(c.outstanding) < maxOutstanding {
-			if _, dup := c.outstanding[m.Seq]; !dup {
-				c.outstanding[m.Seq] = sd.now
-			}
-		}
-		c.mu.Unlock()
+		sd.seqs = append(sd.seqs, m.Seq)
 	}
 	if single {
 		c.Flush(FromClient)
@@ -166,13 +185,7 @@ func (c *Conn) ServerLine(line []byte) {
 		} else {
 			sd.nak++
 		}
-		c.mu.Lock()
-		sent, ok := c.outstanding[m.Seq]
-		delete(c.outstanding, m.Seq)
-		c.mu.Unlock()
-		if ok {
-			sd.lat = append(sd.lat, sd.now.Sub(sent))
-		}
+		sd.seqs = append(sd.seqs, m.Seq)
 	}
 	if single {
 		c.Flush(FromServer)
