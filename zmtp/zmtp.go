@@ -196,3 +196,16 @@ func GreetingTail(minor uint8, mechanism string) []byte {
 	copy(t[1:21], mechanism)
 	return t
 }
+
+// AppendError appends an ERROR command frame carrying reason (RFC 37:
+// error-reason is at most 255 octets), which a peer sends instead of
+// continuing the handshake; libzmq then fails the handshake with it.
+func AppendError(dst []byte, reason string) []byte {
+	if len(reason) > 255 {
+		reason = reason[:255]
+	}
+	body := append([]byte{5}, "ERROR"...)
+	body = append(body, byte(len(reason)))
+	body = append(body, reason...)
+	return append(append(dst, FlagCommand, byte(len(body))), body...)
+}

@@ -191,3 +191,15 @@ func TestPlainUsername(t *testing.T) {
 		t.Fatalf("GreetingTail: %+v %v", g, err)
 	}
 }
+
+func TestAppendError(t *testing.T) {
+	b := AppendError(nil, "no worker available")
+	f, n, err := ParseFrame(b, 1<<10)
+	if err != nil || n != len(b) || !f.IsCommand() {
+		t.Fatalf("%+v %d %v", f, n, err)
+	}
+	c, err := ParseCommand(f.Body)
+	if err != nil || c.Name != "ERROR" || string(c.Data[1:]) != "no worker available" || int(c.Data[0]) != len("no worker available") {
+		t.Fatalf("%+v %v", c, err)
+	}
+}

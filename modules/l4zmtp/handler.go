@@ -2,7 +2,6 @@ package l4zmtp
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -144,6 +143,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		pairings.WithLabelValues(resultMechanismRefused).Inc()
 		h.logger.Debug("zmtp mechanism not allowed", zap.String("remote", cx.RemoteAddr().String()),
 			zap.String("mechanism", g.Mechanism))
+		refuse(cx, g, false, "mechanism "+g.Mechanism+" is not accepted here")
 		return nil
 	}
 	if h.pool != nil {
@@ -180,6 +180,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if err != nil {
 		pairings.WithLabelValues(resultWorkerUnreachable).Inc()
 		h.logger.Debug("zmtp worker unavailable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
+		refuse(cx, g, meta.first != nil, "no worker reachable")
 		return nil
 	}
 	defer lease.Release()
@@ -307,6 +308,7 @@ func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.
 		pairings.WithLabelValues(resultNoWorker).Inc()
 		h.logger.Debug("zmtp client not paired", zap.String("remote", cx.RemoteAddr().String()),
 			zap.String("pool", h.Workers), zap.String("mechanism", g.Mechanism), zap.Error(err))
+		refuse(cx, g, false, "no idle "+g.Mechanism+" worker within "+time.Duration(h.PairTimeout).String())
 		return nil
 	}
 	defer close(w.done)
@@ -350,8 +352,9 @@ func inspect(cx *layer4.Connection, g zmtp.Greeting, timeout time.Duration) (met
 	if _, err := cx.Write(zmtp.GreetingTail(g.Minor, g.Mechanism)); err != nil {
 		return metadata{}, err
 	}
-	frame, rest, err := readprelude.Read(cx, func(b []byte) (zmtp.Frame, int, error) {
-		return zmtp.ParseFrame(b, maxFirstFrame)
+	frame, rest, err := readprelude.Read(cx, func(b []byte) (rawFrame, int, error) {
+		f, n, err := zmtp.ParseFrame(b, maxFirstFrame)
+		return rawFrame{Frame: f, raw: b[:n]}, n, err
 	}, zmtp.ErrNeedMore)
 	if err != nil {
 		return metadata{}, err
@@ -385,23 +388,14 @@ func inspect(cx *layer4.Connection, g zmtp.Greeting, timeout time.Duration) (met
 	default:
 		return metadata{}, fmt.Errorf("unexpected %s command", cmd.Name)
 	}
-	hdr := 2
-	if frame.Flags&zmtp.FlagLong != 0 {
-		hdr = 9
-	}
-	m.first = append(append(make([]byte, 0, hdr+len(frame.Body)+len(rest)), frameBytes(frame, hdr)...), rest...)
+	m.first = append(append(make([]byte, 0, len(frame.raw)+len(rest)), frame.raw...), rest...)
 	return m, nil
 }
 
-// frameBytes re-encodes a parsed frame exactly as it came.
-func frameBytes(f zmtp.Frame, hdr int) []byte {
-	out := []byte{f.Flags}
-	if hdr == 9 {
-		out = binary.BigEndian.AppendUint64(out, uint64(len(f.Body)))
-	} else {
-		out = append(out, byte(len(f.Body)))
-	}
-	return append(out, f.Body...)
+// rawFrame is a parsed frame with the bytes it came in, replayed as they are.
+type rawFrame struct {
+	zmtp.Frame
+	raw []byte
 }
 
 // inspectedWorkerHandshake gives the worker the client's greeting, consumes
@@ -441,4 +435,20 @@ func (h *Handler) stickyKey(cx *layer4.Connection, m metadata) string {
 		return "ip:" + host
 	}
 	return ""
+}
+
+// refuse ends a client's handshake with a ZMTP ERROR command carrying
+// reason: it completes the client's greeting first (with the client's own
+// minor version and mechanism) unless that was done already, then
+// half-closes and drains, so the client reads the reason instead of a reset.
+func refuse(cx *layer4.Connection, g zmtp.Greeting, greeted bool, reason string) {
+	var b []byte
+	if !greeted {
+		b = zmtp.GreetingTail(g.Minor, g.Mechanism)
+	}
+	b = zmtp.AppendError(b, reason)
+	_ = cx.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := cx.Write(b); err == nil {
+		relay.CloseAfterReply(cx.Conn, time.Second)
+	}
 }
