@@ -3,8 +3,9 @@ package farm
 import (
 	"strconv"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddyprelude/prelude/modules/internal/cfutil"
 )
 
 // UnmarshalOption parses the farm option at the dispenser's current token,
@@ -30,22 +31,22 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 		}
 		f.To = append(f.To, args...)
 	case "lb_policy":
-		return true, oneArg(d, &f.LBPolicy)
+		return true, cfutil.OneArg(d, &f.LBPolicy)
 	case "resolver":
-		return true, oneArg(d, &f.Resolver)
+		return true, cfutil.OneArg(d, &f.Resolver)
 	case "lb_try_duration":
-		return true, duration(d, &f.LBTryDuration)
+		return true, cfutil.Duration(d, &f.LBTryDuration)
 	case "lb_try_interval":
-		return true, duration(d, &f.LBTryInterval)
+		return true, cfutil.Duration(d, &f.LBTryInterval)
 	case "dial_timeout":
-		return true, duration(d, &f.DialTimeout)
+		return true, cfutil.Duration(d, &f.DialTimeout)
 	case "dns_refresh":
-		return true, duration(d, &f.DNSRefresh)
+		return true, cfutil.Duration(d, &f.DNSRefresh)
 	case "fail_duration":
-		return true, duration(d, &f.FailDuration)
+		return true, cfutil.Duration(d, &f.FailDuration)
 	case "max_connections":
 		var s string
-		if err := oneArg(d, &s); err != nil {
+		if err := cfutil.OneArg(d, &s); err != nil {
 			return true, err
 		}
 		n, err := strconv.Atoi(s)
@@ -57,30 +58,4 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 		return false, nil
 	}
 	return true, nil
-}
-
-func oneArg(d *caddyfile.Dispenser, dst *string) error {
-	opt := d.Val()
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	*dst = d.Val()
-	if d.NextArg() {
-		return d.Errf("%s: takes one argument, got more", opt)
-	}
-	return nil
-}
-
-func duration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
-	opt := d.Val()
-	var s string
-	if err := oneArg(d, &s); err != nil {
-		return err
-	}
-	v, err := caddy.ParseDuration(s)
-	if err != nil {
-		return d.Errf("%s: %v", opt, err)
-	}
-	*dst = caddy.Duration(v)
-	return nil
 }

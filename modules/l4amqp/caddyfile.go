@@ -3,8 +3,9 @@ package l4amqp
 import (
 	"strconv"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddyprelude/prelude/modules/internal/cfutil"
 
 	"github.com/caddyprelude/prelude/modules/farm"
 )
@@ -60,14 +61,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "handshake_timeout":
-			if !d.NextArg() {
-				return d.ArgErr()
+			if err := cfutil.Duration(d, &h.HandshakeTimeout); err != nil {
+				return err
 			}
-			v, err := caddy.ParseDuration(d.Val())
-			if err != nil {
-				return d.Errf("handshake_timeout: %v", err)
-			}
-			h.HandshakeTimeout = caddy.Duration(v)
 		case "channel_max", "heartbeat":
 			n, err := uintArg(d, 16)
 			if err != nil {

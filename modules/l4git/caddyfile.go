@@ -1,8 +1,9 @@
 package l4git
 
 import (
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddyprelude/prelude/modules/internal/cfutil"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -38,18 +39,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				h.Error = d.Val()
 			}
-		case "request_timeout", "first_byte_timeout":
-			if !d.NextArg() {
-				return d.ArgErr()
+		case "request_timeout":
+			if err := cfutil.Duration(d, &h.RequestTimeout); err != nil {
+				return err
 			}
-			v, err := caddy.ParseDuration(d.Val())
-			if err != nil {
-				return d.Errf("%s: %v", opt, err)
-			}
-			if opt == "request_timeout" {
-				h.RequestTimeout = caddy.Duration(v)
-			} else {
-				h.FirstByteTimeout = caddy.Duration(v)
+		case "first_byte_timeout":
+			if err := cfutil.Duration(d, &h.FirstByteTimeout); err != nil {
+				return err
 			}
 		default:
 			return d.Errf("unknown git handler option %q", opt)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddyprelude/prelude/modules/internal/cfutil"
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 
@@ -151,14 +153,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Allow = append(h.Allow, args...)
 		case "dial_timeout":
-			if !d.NextArg() {
-				return d.ArgErr()
+			if err := cfutil.Duration(d, &h.DialTimeout); err != nil {
+				return err
 			}
-			v, err := caddy.ParseDuration(d.Val())
-			if err != nil {
-				return d.Errf("dial_timeout: %v", err)
-			}
-			h.DialTimeout = caddy.Duration(v)
 		default:
 			return d.Errf("unknown socks4 option %q", opt)
 		}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddyprelude/prelude/modules/internal/cfutil"
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 
@@ -266,18 +268,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "inspect_metadata":
 			h.InspectMetadata = true
-		case "handshake_timeout", "pair_timeout":
-			if !d.NextArg() {
-				return d.ArgErr()
+		case "handshake_timeout":
+			if err := cfutil.Duration(d, &h.HandshakeTimeout); err != nil {
+				return err
 			}
-			v, err := caddy.ParseDuration(d.Val())
-			if err != nil {
-				return d.Errf("%s: %v", opt, err)
-			}
-			if opt == "pair_timeout" {
-				h.PairTimeout = caddy.Duration(v)
-			} else {
-				h.HandshakeTimeout = caddy.Duration(v)
+		case "pair_timeout":
+			if err := cfutil.Duration(d, &h.PairTimeout); err != nil {
+				return err
 			}
 		default:
 			return d.Errf("unknown zmtp handler option %q", opt)

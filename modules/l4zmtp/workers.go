@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddyprelude/prelude/modules/internal/cfutil"
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 
@@ -117,14 +119,12 @@ func (h *WorkersHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		if d.Val() != "handshake_timeout" || !d.NextArg() {
+		if d.Val() != "handshake_timeout" {
 			return d.Errf("unknown zmtp_workers option %q", d.Val())
 		}
-		v, err := caddy.ParseDuration(d.Val())
-		if err != nil {
-			return d.Errf("handshake_timeout: %v", err)
+		if err := cfutil.Duration(d, &h.HandshakeTimeout); err != nil {
+			return err
 		}
-		h.HandshakeTimeout = caddy.Duration(v)
 	}
 	return nil
 }
