@@ -152,8 +152,23 @@ func TestGlobAndDefault(t *testing.T) {
 }
 
 func TestUnknownVhostGets530(t *testing.T) {
-	_, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostA)))
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostA)))
+	const unrouted = `caddy_layer4_amqp_connections_total{outcome="unrouted",route="unrouted"}`
+	const routed = `caddy_layer4_amqp_connections_total{outcome="routed",route="prelude-a"}`
+	before, beforeRouted := c.MetricValue(t, unrouted), c.MetricValue(t, routed)
 	refusal(t, e2e.URL(addr, "no-such-vhost"), 530, "vhost no-such-vhost is not routed", time.Second)
+	conn := dial(t, e2e.URL(addr, e2e.VhostA))
+	roundTrip(t, conn, 1)
+	_ = conn.Close()
+	if got := c.MetricValue(t, unrouted) - before; got != 1 {
+		t.Errorf("%s rose by %v, want 1", unrouted, got)
+	}
+	// A routed session is counted when it ends.
+	for deadline := time.Now().Add(5 * time.Second); c.MetricValue(t, routed)-beforeRouted != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not rise by 1", routed)
+		}
+	}
 }
 
 func TestBrokerWithoutVhostGivesBrokers530(t *testing.T) {

@@ -157,7 +157,7 @@ func (h *Handler) dialContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), time.Duration(h.HandshakeTimeout))
 }
 
-// remoteIP is the client's address as it should appear to brokers.
+// remoteString is an address as it should appear to brokers ("" for none).
 func remoteString(a net.Addr) string {
 	if a == nil {
 		return ""

@@ -2,6 +2,7 @@ package l4foo_test
 
 import (
 	"encoding/json"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -135,5 +136,17 @@ func TestHealthAndMetrics(t *testing.T) {
 	code, body := c.Get(t, "/prelude/foo/health")
 	if code != 503 || !strings.Contains(body, dead) {
 		t.Fatalf("health with a dead upstream: %d %s", code, body)
+	}
+	// A client of the dead farm gets a NAK for its request, not a bare close.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = conn.Write([]byte("REQ 41 hello\n"))
+	got, err := io.ReadAll(conn)
+	if err != nil || string(got) != "NAK 41 proxy: no upstream reachable\n" {
+		t.Fatalf("request to a dead farm: %q, %v", got, err)
 	}
 }

@@ -3,6 +3,7 @@ package l4foo
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/caddyprelude/prelude/foo"
 	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/internal/readprelude"
+	"github.com/caddyprelude/prelude/modules/relay"
 )
 
 func init() {
@@ -94,10 +97,12 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	cancel()
 	if err != nil {
 		h.logger.Debug("foo upstream unreachable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
+		nakFirstRequest(cx, "proxy: no upstream reachable")
 		return nil
 	}
 	defer lease.Release()
 	defer lease.Conn.Close()
+	defer relay.Track()() // a graceful exit waits for this session too
 	conn := h.set.Stats.Open()
 	defer conn.Close()
 	errc := make(chan error, 1)
@@ -170,3 +175,24 @@ var (
 	_ caddy.CleanerUpper = (*Handler)(nil)
 	_ layer4.NextHandler = (*Handler)(nil)
 )
+
+// nakFirstRequest answers the client's first request, if it sent one within
+// a second, with "NAK <seq> <reason>" — the protocol's own way to say no —
+// then closes without a reset.
+func nakFirstRequest(cx *layer4.Connection, reason string) {
+	_ = cx.SetReadDeadline(time.Now().Add(time.Second))
+	seq, _, err := readprelude.Read(cx, func(b []byte) (uint64, int, error) {
+		ok, seq, err := foo.MatchFirstLine(b)
+		if err == nil && !ok {
+			err = foo.ErrMalformed
+		}
+		return seq, 0, err
+	}, foo.ErrNeedMore)
+	if err != nil {
+		return
+	}
+	_ = cx.SetWriteDeadline(time.Now().Add(time.Second))
+	if _, err := fmt.Fprintf(cx, "NAK %d %s\n", seq, reason); err == nil {
+		relay.CloseAfterReply(cx.Conn, time.Second)
+	}
+}

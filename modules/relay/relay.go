@@ -24,9 +24,7 @@ import (
 // connections, io.Copy uses splice(2); it never wraps either side. Bytes the
 // layer4 connection still buffers are sent first.
 func Relay(cx *layer4.Connection, upstream net.Conn) (up, down int64, err error) {
-	registerDrain.Do(func() { caddy.OnExit(drainOnExit) })
-	active.Add(1)
-	defer active.Add(-1)
+	defer Track()()
 	if pending := cx.MatchingBytes(); len(pending) > 0 {
 		buf := make([]byte, len(pending))
 		n, _ := io.ReadFull(cx, buf)
@@ -121,6 +119,14 @@ var (
 	active        atomic.Int64 // sessions in Relay, process-wide
 	registerDrain sync.Once
 )
+
+// Track counts a session that copies bytes itself (outside Relay) for the
+// graceful-exit drain; call the returned function when it ends.
+func Track() (done func()) {
+	registerDrain.Do(func() { caddy.OnExit(drainOnExit) })
+	active.Add(1)
+	return func() { active.Add(-1) }
+}
 
 // Active is the number of sessions being relayed in this process.
 func Active() int64 { return active.Load() }
