@@ -54,6 +54,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./socks4/
 	$(GO) test -run '^$$' -fuzz '^FuzzLines$$' -fuzztime $(FUZZTIME) ./foo/
 	$(GO) test -run '^$$' -fuzz '^FuzzGreetingAndCommands$$' -fuzztime $(FUZZTIME) ./zmtp/
+	$(GO) test -run '^$$' -fuzz '^FuzzDelivery$$' -fuzztime $(FUZZTIME) ./amqp/stream/
 
 clean:
 	rm -f caddy

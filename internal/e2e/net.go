@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -18,6 +17,10 @@ type Relay struct {
 	Conns atomic.Int64
 	ln    net.Listener
 	wg    sync.WaitGroup
+
+	mu     sync.Mutex
+	live   map[net.Conn]struct{}
+	frozen chan struct{} // non-nil while frozen: copying waits for it to close
 }
 
 // StartRelay starts a Relay; it stops at the end of the test.
@@ -27,9 +30,9 @@ func StartRelay(t testing.TB, listen, target string) *Relay {
 	if err != nil {
 		t.Fatalf("relay listen %s: %v", listen, err)
 	}
-	r := &Relay{Addr: ln.Addr().String(), ln: ln}
+	r := &Relay{Addr: ln.Addr().String(), ln: ln, live: map[net.Conn]struct{}{}}
 	go r.serve(target)
-	t.Cleanup(func() { _ = ln.Close() })
+	t.Cleanup(func() { _ = ln.Close(); r.Thaw() })
 	return r
 }
 
@@ -47,9 +50,79 @@ func (r *Relay) serve(target string) {
 				return
 			}
 			defer u.Close()
-			go func() { _, _ = io.Copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
-			_, _ = io.Copy(c, u)
+			r.track(c, u)
+			defer r.untrack(c, u)
+			go func() { _ = r.copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
+			_ = r.copy(c, u)
 		}()
+	}
+}
+
+func (r *Relay) track(conns ...net.Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range conns {
+		r.live[c] = struct{}{}
+	}
+}
+
+func (r *Relay) untrack(conns ...net.Conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range conns {
+		delete(r.live, c)
+	}
+}
+
+// copy is io.Copy that holds each chunk while the relay is frozen.
+func (r *Relay) copy(dst, src net.Conn) error {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			r.mu.Lock()
+			frozen := r.frozen
+			r.mu.Unlock()
+			if frozen != nil {
+				<-frozen
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// Cut closes every connection the relay carries, both sides, as a broker
+// host dying or a network path failing would.
+func (r *Relay) Cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.live {
+		_ = c.Close()
+	}
+}
+
+// Freeze stops forwarding without closing anything: the peers see a path
+// that went silent. Thaw undoes it.
+func (r *Relay) Freeze() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.frozen == nil {
+		r.frozen = make(chan struct{})
+	}
+}
+
+// Thaw resumes forwarding after Freeze.
+func (r *Relay) Thaw() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.frozen != nil {
+		close(r.frozen)
+		r.frozen = nil
 	}
 }
 
