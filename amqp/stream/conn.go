@@ -33,8 +33,8 @@ type Conn struct {
 	local     Addr   // the queue this end receives on
 	remote    Addr   // the queue the peer receives on
 	service   string // the listener queue the stream was dialed to
-	myToken   token // every message to us must carry it
-	peerToken token // every message to the peer carries it
+	myToken   token  // every message to us must carry it
+	peerToken token  // every message to the peer carries it
 
 	work chan struct{} // capacity 1: wakes the sender
 	done chan struct{} // closed at teardown

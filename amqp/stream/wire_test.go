@@ -37,9 +37,9 @@ func TestReceiverExactlyOnce(t *testing.T) {
 		duplicates uint64
 	}{
 		{dataMsg(tok, 0, "abc", 0), "abc", 0},
-		{dataMsg(tok, 0, "abc", 0), "abc", 1},        // redelivered
-		{dataMsg(tok, 1, "bcdef", 0), "abcdef", 1},   // retransmitted with other boundaries
-		{dataMsg(tok, 10, "xyz", 0), "abcdef", 2},    // past a gap: dropped
+		{dataMsg(tok, 0, "abc", 0), "abc", 1},         // redelivered
+		{dataMsg(tok, 1, "bcdef", 0), "abcdef", 1},    // retransmitted with other boundaries
+		{dataMsg(tok, 10, "xyz", 0), "abcdef", 2},     // past a gap: dropped
 		{dataMsg(tok, 6, "ghij", 0), "abcdefghij", 2}, // the gap filled
 		{dataMsg(token{9}, 10, "EVIL", 0), "abcdefghij", 2},
 		{dataMsg(tok, 10, "", flagFIN), "abcdefghij", 2},
