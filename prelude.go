@@ -8,6 +8,7 @@ package prelude
 
 import (
 	_ "github.com/caddyprelude/prelude/modules/l4amqp"
+	_ "github.com/caddyprelude/prelude/modules/l4amqpstream"
 	_ "github.com/caddyprelude/prelude/modules/l4foo"
 	_ "github.com/caddyprelude/prelude/modules/l4git"
 	_ "github.com/caddyprelude/prelude/modules/l4reply"

@@ -177,8 +177,13 @@ func (ep *endpoint) setup(cfg Config) error {
 	return err
 }
 
-// connect opens a broker connection for url. Errors never contain the
-// URL's password.
+// Connect opens a broker connection for url with this configuration's TLS,
+// heartbeat and connection name, for DialAMQP and ListenAMQP to share.
+// Errors never contain the URL's password.
+func (cfg Config) Connect(ctx context.Context, url string) (*amqp.Connection, error) {
+	return cfg.connect(ctx, url)
+}
+
 func (cfg Config) connect(ctx context.Context, rawURL string) (*amqp.Connection, error) {
 	if _, err := amqp.ParseURI(rawURL); err != nil {
 		return nil, fmt.Errorf("amqp stream: invalid broker URL %s", RedactURL(rawURL))

@@ -111,9 +111,28 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if ok {
 			return c, nil
 		}
+	default:
+	}
+	select {
+	case c, ok := <-l.backlog:
+		if ok {
+			return c, nil
+		}
 	case <-l.done:
+	case <-l.loopDone:
+		if !isClosed(l.done) {
+			return nil, &net.OpError{Op: "accept", Net: "amqp", Addr: l.Addr(), Err: l.lostErr()}
+		}
 	}
 	return nil, &net.OpError{Op: "accept", Net: "amqp", Addr: l.Addr(), Err: net.ErrClosed}
+}
+
+// lostErr explains why connect requests stopped arriving.
+func (l *Listener) lostErr() error {
+	if err := l.t.err(); err != nil {
+		return &brokerError{err}
+	}
+	return &brokerError{amqp.ErrClosed}
 }
 
 // Addr returns the listener queue.

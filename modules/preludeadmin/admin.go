@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddyprelude/prelude/modules/l4amqpstream"
 	"github.com/caddyprelude/prelude/modules/l4foo"
 	"github.com/caddyprelude/prelude/modules/l4zmtp"
 )
@@ -43,6 +44,7 @@ func (a Admin) Routes() []caddy.AdminRoute {
 		{Pattern: "/prelude/foo/health", Handler: caddy.AdminHandlerFunc(a.fooHealth)},
 		{Pattern: "/prelude/zmtp/pairs", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pairs() }))},
 		{Pattern: "/prelude/zmtp/workers", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pools() }))},
+		{Pattern: "/prelude/tunnels", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4amqpstream.Tunnels() }))},
 	}
 }
 

@@ -1,0 +1,351 @@
+package l4amqpstream_test
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
+	"github.com/caddyprelude/prelude/modules/l4amqpstream"
+	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
+)
+
+func TestMain(m *testing.M) {
+	e2e.ServeGitProxyIfAsked()
+	os.Exit(m.Run())
+}
+
+var seq atomic.Int64
+
+func uniqueQueue() string {
+	return fmt.Sprintf("prelude-tunnel-test-%d-%d", time.Now().UnixNano(), seq.Add(1))
+}
+
+// startEcho runs a TCP echo server: every byte comes back, and the echo
+// half-closes when the client does.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// tunnelCaddyfile is the issue's example with its receiving side: port
+// forwards into queue over the broker at brokerAddr, and the amqp/ server
+// routes the streams to target.
+func tunnelCaddyfile(port, queue, brokerAddr, target string) string {
+	return fmt.Sprintf(`{
+	amqp_brokers {
+		main %s
+	}
+	layer4 {
+		%s {
+			route {
+				amqp_tunnel %s %s
+			}
+		}
+		amqp/%s@main {
+			route {
+				proxy %s
+			}
+		}
+	}
+}
+`, e2e.URL(e2e.RabbitAddr, "/"), port, e2e.URL(brokerAddr, "/"), queue, queue, target)
+}
+
+func startTunnel(t *testing.T, target string) (c *e2e.Caddy, port, queue string) {
+	t.Helper()
+	e2e.RequireRabbit(t)
+	port, queue = e2e.FreePort(t), uniqueQueue()
+	c = e2e.StartCaddyfile(t, tunnelCaddyfile(port, queue, e2e.RabbitAddr, target))
+	c.NoLeak(e2e.TestPassword)
+	waitListening(t, port)
+	return c, port, queue
+}
+
+// waitListening waits until a stream through port reaches the other side:
+// the amqp/ listener starts consuming its queue asynchronously.
+func waitListening(t *testing.T, port string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		conn, err := net.Dial("tcp", port)
+		if err == nil {
+			_, _ = conn.Write([]byte("x"))
+			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			b := make([]byte, 1)
+			_, err = io.ReadFull(conn, b)
+			_ = conn.Close()
+			if err == nil {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the tunnel on %s never carried a byte: %v", port, err)
+		}
+	}
+}
+
+// TestInteractiveAndBulk is the issue's "done when": an interactive
+// session (many small round trips, like SSH keystrokes) and a bulk
+// transfer both ways through the broker, configured by Caddyfile alone;
+// nothing lost or duplicated. A config reload in the middle does not cut
+// the session.
+func TestInteractiveAndBulk(t *testing.T) {
+	c, port, _ := startTunnel(t, startEcho(t))
+	conn, err := net.Dial("tcp", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	var rtts []time.Duration
+	for i := range 200 {
+		if i == 100 {
+			reloadSame(t, c)
+		}
+		line := fmt.Sprintf("keystroke %d\n", i)
+		start := time.Now()
+		if _, err := conn.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := r.ReadString('\n')
+		if err != nil || got != line {
+			t.Fatalf("round trip %d: %q, %v", i, got, err)
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	t.Logf("interactive round trip: first %v, last %v", rtts[0], rtts[len(rtts)-1])
+
+	// The admin API and metrics see the live session on both sides.
+	code, body := c.Get(t, "/prelude/tunnels")
+	var live []l4amqpstream.Tunnel
+	if err := json.Unmarshal([]byte(body), &live); code != 200 || err != nil {
+		t.Fatalf("GET /prelude/tunnels: %d %s", code, body)
+	}
+	sides := map[string]bool{}
+	for _, tun := range live {
+		sides[tun.Side] = true
+		if tun.Side == "dial" && tun.BytesSent == 0 {
+			t.Errorf("dial side reports no bytes: %+v", tun)
+		}
+	}
+	if !sides["dial"] || !sides["accept"] || strings.Contains(body, e2e.TestPassword) {
+		t.Fatalf("tunnels: %s", body)
+	}
+	if c.MetricValue(t, `caddy_layer4_amqp_tunnel_streams_active{side="dial"}`) < 1 {
+		t.Fatalf("metrics: %s", c.Metrics(t))
+	}
+	_ = conn.Close()
+
+	bulk(t, port, 64<<20)
+}
+
+// reloadSame pushes the running config again through the admin API.
+func reloadSame(t *testing.T, c *e2e.Caddy) {
+	t.Helper()
+	_, cfg := c.Get(t, "/config/")
+	var m map[string]any
+	if err := json.Unmarshal([]byte(cfg), &m); err != nil {
+		t.Fatal(err)
+	}
+	delete(m, "admin")
+	delete(m, "logging")
+	c.Reload(t, m)
+}
+
+// bulk sends size random bytes through the echo and checks that the same
+// bytes come back, then EOF.
+func bulk(t *testing.T, port string, size int64) {
+	t.Helper()
+	conn, err := net.Dial("tcp", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sent := sha256.New()
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.MultiWriter(conn, sent), io.LimitReader(rand.Reader, size))
+		_ = conn.(*net.TCPConn).CloseWrite()
+		errc <- err
+	}()
+	got := sha256.New()
+	n, err := io.Copy(got, conn)
+	if werr := <-errc; werr != nil || err != nil {
+		t.Fatalf("bulk: write %v, read %v", werr, err)
+	}
+	if n != size || !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		t.Fatalf("bulk: %d of %d bytes came back, digests equal: %v", n, size, bytes.Equal(sent.Sum(nil), got.Sum(nil)))
+	}
+	t.Logf("bulk: %d MB each way in %v", size>>20, time.Since(start).Round(time.Millisecond))
+}
+
+// TestGitCloneThroughTunnel clones over git:// through the broker.
+func TestGitCloneThroughTunnel(t *testing.T) {
+	e2e.RequireGit(t)
+	base := t.TempDir()
+	head := e2e.MakeBareRepo(t, filepath.Join(base, "project.git"), 30)
+	daemon := e2e.StartGitDaemon(t, base)
+	e2e.RequireRabbit(t)
+	port, queue := e2e.FreePort(t), uniqueQueue()
+	c := e2e.StartCaddyfile(t, tunnelCaddyfile(port, queue, e2e.RabbitAddr, daemon.Addr))
+	c.NoLeak(e2e.TestPassword)
+	waitForQueue(t, c, port)
+	dst := filepath.Join(t.TempDir(), "clone")
+	e2e.MustGit(t, "", "clone", "-q", "git://"+port+"/project.git", dst)
+	if got := strings.TrimSpace(e2e.MustGit(t, dst, "rev-parse", "HEAD")); got != head {
+		t.Fatalf("cloned HEAD %s, want %s", got, head)
+	}
+	e2e.MustGit(t, dst, "fsck", "--full")
+}
+
+// waitForQueue waits until the amqp/ listener consumes its queue, without
+// sending bytes to a target that is not an echo.
+func waitForQueue(t *testing.T, c *e2e.Caddy, port string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		before := c.MetricValue(t, `caddy_layer4_amqp_tunnel_streams_total{result="opened",side="dial"}`)
+		conn, err := net.Dial("tcp", port)
+		if err == nil {
+			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, _ = conn.Read(make([]byte, 1)) // EOF or reset once the handler decided
+			_ = conn.Close()
+		}
+		if c.MetricValue(t, `caddy_layer4_amqp_tunnel_streams_total{result="opened",side="dial"}`) > before {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the amqp/ listener never accepted a stream")
+		}
+	}
+}
+
+// TestNoListenerResetsClient: with nobody on the queue the client's
+// connection is reset at once, and the refusal is counted.
+func TestNoListenerResetsClient(t *testing.T) {
+	e2e.RequireRabbit(t)
+	port := e2e.FreePort(t)
+	c := e2e.StartCaddyfile(t, fmt.Sprintf(`{
+	layer4 {
+		%s {
+			route {
+				amqp_tunnel %s %s
+			}
+		}
+	}
+}`, port, e2e.URL(e2e.RabbitAddr, "/"), uniqueQueue()))
+	c.NoLeak(e2e.TestPassword)
+	conn, err := net.Dial("tcp", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read %v, want a reset", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("refusal took %v", d)
+	}
+	if v := c.MetricValue(t, `caddy_layer4_amqp_tunnel_streams_total{result="refused",side="dial"}`); v != 1 {
+		t.Fatalf("refused streams metric %v, want 1", v)
+	}
+}
+
+// startSource runs a TCP server that sends data to each client, then
+// closes.
+func startSource(t *testing.T, data []byte) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = c.Write(data) }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestBrokerCutMidStream cuts the tunnel side's broker connection while a
+// client downloads: the client's read fails with a reset, never a clean but
+// short stream, and every byte it did get is the right one.
+func TestBrokerCutMidStream(t *testing.T) {
+	e2e.RequireRabbit(t)
+	data := make([]byte, 256<<20)
+	_, _ = rand.Read(data[:1<<20])
+	for i := 1 << 20; i < len(data); i *= 2 {
+		copy(data[i:], data[:i])
+	}
+	relay := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	port, queue := e2e.FreePort(t), uniqueQueue()
+	c := e2e.StartCaddyfile(t, tunnelCaddyfile(port, queue, relay.Addr, startSource(t, data)))
+	c.NoLeak(e2e.TestPassword)
+	waitForQueue(t, c, port)
+
+	conn, err := net.Dial("tcp", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var got bytes.Buffer
+	buf := make([]byte, 64<<10)
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		n, err := conn.Read(buf)
+		got.Write(buf[:n])
+		if got.Len() > 8<<20 {
+			relay.Cut()
+		}
+		if err != nil {
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("client read %v after %d of %d bytes: a cut tunnel must reset the client", err, got.Len(), len(data))
+			}
+			t.Logf("client: %v after %d bytes", err, got.Len())
+			break
+		}
+	}
+	if !bytes.Equal(got.Bytes(), data[:got.Len()]) {
+		t.Fatal("the bytes before the failure are not the ones sent")
+	}
+}
