@@ -349,3 +349,23 @@ func TestBrokerCutMidStream(t *testing.T) {
 		t.Fatal("the bytes before the failure are not the ones sent")
 	}
 }
+
+// TestIssueExampleAsWritten runs caddyfile/amqp-tunnel.caddytest — the
+// issue's example with its receiving side, guest:guest URL and queue ssh-b
+// as written — with the example addresses swapped for a free port and an
+// echo service standing in for sshd.
+func TestIssueExampleAsWritten(t *testing.T) {
+	e2e.RequireRabbit(t)
+	raw, err := os.ReadFile("../../caddyfile/amqp-tunnel.caddytest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _, _ := strings.Cut(string(raw), "\n----------\n")
+	port := e2e.FreePort(t)
+	cf = strings.ReplaceAll(cf, "127.0.0.1:2222", port)
+	cf = strings.ReplaceAll(cf, "127.0.0.1:22\n", startEcho(t)+"\n")
+	c := e2e.StartCaddyfile(t, cf)
+	c.NoLeak(":guest@")
+	waitListening(t, port)
+	bulk(t, port, 8<<20)
+}
