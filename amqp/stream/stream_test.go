@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -458,4 +460,46 @@ func TestLostPublishesRetransmitted(t *testing.T) {
 		t.Fatalf("the receiver saw no out-of-order data to drop: %+v", p.accepted.Stats())
 	}
 	t.Logf("sender %+v", st)
+}
+
+// TestAMQPS dials and listens over amqps:// (TLS to the broker's port),
+// verifying the broker's certificate against a test CA.
+func TestAMQPS(t *testing.T) {
+	e2e.RequireRabbit(t)
+	ca := e2e.NewTestCA(t)
+	addr := e2e.StartTLSRelay(t, ca, e2e.RabbitAddr)
+	url := strings.Replace(e2e.URL(addr, "/"), "amqp://", "amqps://", 1)
+	cfg := stream.Config{TLSClientConfig: &tls.Config{RootCAs: ca.Pool}}
+	queue := uniqueQueue(t)
+	ln, err := cfg.Listen(url, queue)
+	if err != nil {
+		t.Fatalf("listen over amqps: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := cfg.Dial(ctx, url, queue)
+	if err != nil {
+		t.Fatalf("dial over amqps: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("over tls")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*stream.Conn).CloseWrite()
+	if got, err := io.ReadAll(c); err != nil || string(got) != "over tls" {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+	// An unknown CA is refused, and the error does not carry the password.
+	_, err = stream.Config{}.Dial(ctx, url, queue)
+	if err == nil || !strings.Contains(err.Error(), "certificate") || strings.Contains(err.Error(), e2e.TestPassword) {
+		t.Fatalf("dial with the system roots: %v; want a certificate error without the password", err)
+	}
 }

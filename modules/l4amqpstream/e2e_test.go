@@ -369,3 +369,40 @@ func TestIssueExampleAsWritten(t *testing.T) {
 	waitListening(t, port)
 	bulk(t, port, 8<<20)
 }
+
+// TestTunnelOverAMQPS runs both sides over amqps:// with the broker's
+// certificate checked against a CA file and a server name, the handler
+// naming the broker of the amqp_brokers app.
+func TestTunnelOverAMQPS(t *testing.T) {
+	e2e.RequireRabbit(t)
+	ca := e2e.NewTestCA(t)
+	tlsAddr := e2e.StartTLSRelay(t, ca, e2e.RabbitAddr)
+	url := strings.Replace(e2e.URL(tlsAddr, "/"), "amqp://", "amqps://", 1)
+	port, queue := e2e.FreePort(t), uniqueQueue()
+	c := e2e.StartCaddyfile(t, fmt.Sprintf(`{
+	amqp_brokers {
+		secure %s {
+			tls {
+				ca %s
+				server_name broker.test
+			}
+			window 256KiB
+		}
+	}
+	layer4 {
+		%s {
+			route {
+				amqp_tunnel secure %s
+			}
+		}
+		amqp/%s {
+			route {
+				proxy %s
+			}
+		}
+	}
+}`, url, ca.CAFile, port, queue, queue, startEcho(t)))
+	c.NoLeak(e2e.TestPassword)
+	waitListening(t, port)
+	bulk(t, port, 8<<20)
+}
