@@ -33,16 +33,19 @@ BENCH = $(GO) test -run '^$$' -timeout 30m ./bench/
 BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput' -benchtime 20x -count 3
 BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
+BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
 bench: test-deps build
 	@echo "== in process, all CPUs shared"
 	$(BENCH) $(BENCH_AMQP)
 	$(BENCH) $(BENCH_GIT)
 	$(BENCH) $(BENCH_CURVE)
+	$(BENCH) $(BENCH_TUNNEL)
 	@echo "== ./caddy as its own process on CPU 1; clients and servers on CPU 0"
 	$(PINNED) $(BENCH) $(BENCH_AMQP)
 	$(PINNED) $(BENCH) $(BENCH_GIT)
 	$(PINNED) $(BENCH) $(BENCH_CURVE)
+	$(PINNED) $(BENCH) $(BENCH_TUNNEL)
 
 # Runs each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s

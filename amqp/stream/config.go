@@ -28,6 +28,7 @@ const (
 	DefaultDialTimeout       = 10 * time.Second
 	minWindow                = 4 << 10
 	maxAckDelay              = 10 * time.Millisecond
+	deliveryAckDelay         = 5 * time.Millisecond
 )
 
 // Config tunes streams. The zero value uses the defaults above.

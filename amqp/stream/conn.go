@@ -340,8 +340,21 @@ func (c *Conn) finAcked() bool { return c.finQueued && c.una == c.end+1 }
 
 // receiveLoop handles everything the broker sends on the stream's channel.
 func (c *Conn) receiveLoop(deliveries <-chan amqp.Delivery, returns chan amqp.Return, confirms chan amqp.Confirmation, closes chan *amqp.Error) {
+	// Deliveries are acknowledged to the broker in batches: every quarter
+	// of the prefetch, or deliveryAckDelay after the first unacknowledged
+	// one, which saves the broker an ack per message in interactive traffic.
 	var lastTag uint64
 	pending := 0
+	batch := max(c.cfg.prefetch()/4, 1)
+	ackTimer := time.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	ackDeliveries := func() {
+		if pending > 0 {
+			_ = c.ch.Ack(lastTag, true)
+			pending = 0
+		}
+	}
 	for {
 		select {
 		case d, ok := <-deliveries:
@@ -352,10 +365,14 @@ func (c *Conn) receiveLoop(deliveries <-chan amqp.Delivery, returns chan amqp.Re
 			c.handleDelivery(d.Body)
 			lastTag = d.DeliveryTag
 			pending++
-			if len(deliveries) == 0 || pending >= 32 {
-				_ = c.ch.Ack(lastTag, true)
-				pending = 0
+			if pending >= batch {
+				ackTimer.Stop()
+				ackDeliveries()
+			} else if pending == 1 {
+				ackTimer.Reset(deliveryAckDelay)
 			}
+		case <-ackTimer.C:
+			ackDeliveries()
 		case <-returns:
 			// Mandatory publish unroutable: the peer's queue is gone.
 			c.mu.Lock()

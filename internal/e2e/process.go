@@ -67,8 +67,11 @@ func listenAddrs(cfg map[string]any) []string {
 	servers, _ := l4["servers"].(map[string]any)
 	for _, s := range servers {
 		srv, _ := s.(map[string]any)
-		if l, ok := srv["listen"].([]string); ok {
-			out = append(out, l...)
+		l, _ := srv["listen"].([]string)
+		for _, a := range l {
+			if !strings.Contains(a, "/") { // TCP only: amqp/<queue> listens on a broker
+				out = append(out, a)
+			}
 		}
 	}
 	return out
