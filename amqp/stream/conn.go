@@ -373,13 +373,21 @@ func (c *Conn) receiveLoop(deliveries <-chan amqp.Delivery, returns chan amqp.Re
 			}
 		case <-ackTimer.C:
 			ackDeliveries()
-		case <-returns:
+		case _, ok := <-returns:
+			if !ok {
+				returns = nil // the channel closed; deliveries will say why
+				continue
+			}
 			// Mandatory publish unroutable: the peer's queue is gone.
 			c.mu.Lock()
 			c.fail(ErrReset, false)
 			c.mu.Unlock()
 		case cf, ok := <-confirms:
-			if ok && !cf.Ack {
+			if !ok {
+				confirms = nil
+				continue
+			}
+			if !cf.Ack {
 				c.mu.Lock()
 				c.goBack()
 				c.ackNow = true
@@ -387,11 +395,13 @@ func (c *Conn) receiveLoop(deliveries <-chan amqp.Delivery, returns chan amqp.Re
 				c.mu.Unlock()
 			}
 		case err, ok := <-closes:
-			if ok {
-				c.mu.Lock()
-				c.fail(c.brokerErr(err), false)
-				c.mu.Unlock()
+			if !ok {
+				closes = nil
+				continue
 			}
+			c.mu.Lock()
+			c.fail(c.brokerErr(err), false)
+			c.mu.Unlock()
 		case <-c.t.closed:
 			c.mu.Lock()
 			c.fail(&brokerError{c.t.err()}, false)
