@@ -36,8 +36,9 @@ type Conn struct {
 	myToken   token  // every message to us must carry it
 	peerToken token  // every message to the peer carries it
 
-	work chan struct{} // capacity 1: wakes the sender
-	done chan struct{} // closed at teardown
+	work  chan struct{}  // capacity 1: wakes the sender
+	done  chan struct{}  // closed at teardown
+	loops sync.WaitGroup // the send and receive loops: nothing else uses the channel
 	rdl  *deadline
 	wdl  *deadline
 
@@ -96,8 +97,9 @@ func newConn(cfg Config, t *transport, ch *amqp.Channel, local, remote Addr, my,
 }
 
 func (c *Conn) start(deliveries <-chan amqp.Delivery, returns chan amqp.Return, confirms chan amqp.Confirmation, closes chan *amqp.Error) {
-	go c.receiveLoop(deliveries, returns, confirms, closes)
-	go c.sendLoop()
+	c.loops.Add(2)
+	go func() { defer c.loops.Done(); c.receiveLoop(deliveries, returns, confirms, closes) }()
+	go func() { defer c.loops.Done(); c.sendLoop() }()
 }
 
 // LocalAddr returns the private queue this end receives on.
@@ -324,6 +326,10 @@ func (c *Conn) teardownLocked() {
 	c.broadcast()
 	ch, t, hook := c.ch, c.t, c.onTeardown
 	go func() {
+		// RabbitMQ fails the whole connection (504 CHANNEL_ERROR) on a frame
+		// that reaches a channel after its close, so the channel closes only
+		// once neither loop can send on it any more.
+		c.loops.Wait()
 		if ch != nil {
 			_ = ch.Close()
 		}

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,8 @@ type Listener struct {
 	closeOnce sync.Once
 	loopDone  chan struct{}
 	rejected  atomic.Uint64
+
+	consumerTag string
 
 	// OnAccept, when set before the first Accept, sees every stream as it
 	// is established (for registries and metrics).
@@ -82,6 +85,8 @@ func (cfg Config) listen(t *transport, queue string) (*Listener, error) {
 	if err != nil {
 		return fail(&brokerError{err})
 	}
+	tok := newToken()
+	consumerTag := fmt.Sprintf("prelude-listener-%x", tok[:8])
 	setup := func() (<-chan amqp.Delivery, error) {
 		if err := ch.Qos(listenBacklog, 0, false); err != nil {
 			return nil, err
@@ -89,7 +94,7 @@ func (cfg Config) listen(t *transport, queue string) (*Listener, error) {
 		if _, err := ch.QueueDeclare(queue, false, true, false, false, nil); err != nil {
 			return nil, err
 		}
-		return ch.Consume(queue, "", false, false, false, false, nil)
+		return ch.Consume(queue, consumerTag, false, false, false, false, nil)
 	}
 	deliveries, err := setup()
 	if err != nil {
@@ -99,6 +104,7 @@ func (cfg Config) listen(t *transport, queue string) (*Listener, error) {
 	l := &Listener{
 		cfg: cfg, t: t, ch: ch, queue: queue,
 		backlog: make(chan *Conn, listenBacklog), done: make(chan struct{}), loopDone: make(chan struct{}),
+		consumerTag: consumerTag,
 	}
 	go l.acceptLoop(deliveries)
 	return l, nil
@@ -146,6 +152,11 @@ func (l *Listener) Rejected() uint64 { return l.rejected.Load() }
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.done)
+		// Cancel first and close the channel only once the accept loop has
+		// stopped acking: a frame after the close would fail the connection.
+		if err := l.ch.Cancel(l.consumerTag, false); err == nil {
+			<-l.loopDone
+		}
 		_ = l.ch.Close()
 		<-l.loopDone
 		l.drainBacklog()
