@@ -39,8 +39,8 @@ type Conn struct {
 	work  chan struct{}  // capacity 1: wakes the sender
 	done  chan struct{}  // closed at teardown
 	loops sync.WaitGroup // the send and receive loops: nothing else uses the channel
-	rdl  *deadline
-	wdl  *deadline
+	rdl   *deadline
+	wdl   *deadline
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when readers or writers may proceed
