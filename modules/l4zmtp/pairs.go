@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/caddyprelude/prelude/modules/internal/tcpinfo"
 )
 
 // Pair is one live client-worker pairing.
@@ -55,29 +55,10 @@ func Pairs() []Pair {
 	}
 	pairsMu.Unlock()
 	for i := range out {
-		out[i].BytesUpstream, out[i].BytesDownstream = tcpBytes(out[i].client)
+		out[i].BytesUpstream, out[i].BytesDownstream = tcpinfo.Bytes(out[i].client)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
-}
-
-// tcpBytes returns what the kernel received on c and what it sent (less
-// retransmissions), or zeros where TCP_INFO is not available.
-func tcpBytes(c net.Conn) (received, sent uint64) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return 0, 0
-	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return 0, 0
-	}
-	_ = raw.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			received, sent = info.Bytes_received, info.Bytes_sent-info.Bytes_retrans
-		}
-	})
-	return received, sent
 }
 
 // PoolState is one pool's parked workers per mechanism and its busy pairs.

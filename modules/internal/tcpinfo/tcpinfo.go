@@ -1,0 +1,28 @@
+// Package tcpinfo reads a socket's byte counters from the kernel, for live
+// byte counts of spliced sessions (whose copies report only at the end).
+package tcpinfo
+
+import (
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// Bytes returns what the kernel received on c and what it sent (less
+// retransmissions), or zeros where TCP_INFO is not available.
+func Bytes(c net.Conn) (received, sent uint64) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return 0, 0
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return 0, 0
+	}
+	_ = raw.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			received, sent = info.Bytes_received, info.Bytes_sent-info.Bytes_retrans
+		}
+	})
+	return received, sent
+}
