@@ -15,7 +15,6 @@ type FrameTracker struct {
 	closing uint16                   // method id of the last complete connection.close(-ok), or 0
 }
 
-
 // Feed advances the tracker over b.
 func (t *FrameTracker) Feed(b []byte) {
 	for len(b) > 0 {

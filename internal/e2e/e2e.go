@@ -228,6 +228,24 @@ func (c *Caddy) MetricValue(t testing.TB, series string) float64 {
 	return 0
 }
 
+// Do sends an admin API request without a body and returns the status code
+// and body.
+func (c *Caddy) Do(t testing.TB, method, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+c.Admin+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
+}
+
 // Get fetches an admin API path and returns the status code and body.
 func (c *Caddy) Get(t testing.TB, path string) (int, string) {
 	t.Helper()

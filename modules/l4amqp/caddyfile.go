@@ -23,10 +23,20 @@ import (
 //			resolver <host:port>
 //			fail_duration <duration>
 //			max_connections <n>
+//			limits {
+//				max_connections <n>
+//				connection_rate <n>/<interval>
+//				data_rate <size>/s
+//			}
 //		}
 //		default {
-//			<the same farm options>
+//			<the same farm options, without limits>
 //		}
+//		limits {
+//			<the same limits: the default for every vhost block>
+//		}
+//		pause_timeout <duration>
+//		name <name>
 //		handshake_timeout <duration>
 //		channel_max <n>
 //		frame_max <n>
@@ -45,7 +55,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("vhost: at least one vhost name or pattern is required")
 			}
 			r := &Route{VHosts: patterns}
-			if err := unmarshalFarm(d, &r.Farm); err != nil {
+			if err := unmarshalFarm(d, &r.Farm, &r.Limits); err != nil {
 				return err
 			}
 			h.Routes = append(h.Routes, r)
@@ -57,7 +67,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("default: given twice")
 			}
 			h.Default = new(farm.Farm)
-			if err := unmarshalFarm(d, h.Default); err != nil {
+			if err := unmarshalFarm(d, h.Default, nil); err != nil {
+				return err
+			}
+		case "limits":
+			l, err := unmarshalLimits(d)
+			if err != nil {
+				return err
+			}
+			h.Limits = l
+		case "pause_timeout":
+			if err := cfutil.Duration(d, &h.PauseTimeout); err != nil {
+				return err
+			}
+		case "name":
+			if err := cfutil.OneArg(d, &h.Name); err != nil {
 				return err
 			}
 		case "handshake_timeout":
@@ -91,9 +115,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func unmarshalFarm(d *caddyfile.Dispenser, f *farm.Farm) error {
+func unmarshalFarm(d *caddyfile.Dispenser, f *farm.Farm, limits **Limits) error {
 	owner := d.Val()
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() == "limits" && limits != nil {
+			l, err := unmarshalLimits(d)
+			if err != nil {
+				return err
+			}
+			*limits = l
+			continue
+		}
 		ok, err := f.UnmarshalOption(d)
 		if err != nil {
 			return err

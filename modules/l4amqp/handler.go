@@ -26,6 +26,7 @@ const (
 	DefaultChannelMax       = 2047   // RabbitMQ's default channel_max
 	DefaultFrameMax         = 131072 // RabbitMQ's default frame_max
 	DefaultHeartbeat        = 60     // RabbitMQ's default heartbeat, seconds
+	DefaultPauseTimeout     = 30 * time.Second
 )
 
 // Handler terminates the client's AMQP 0-9-1 handshake up to Connection.Open,
@@ -45,6 +46,14 @@ type Handler struct {
 	ChannelMax uint16  `json:"channel_max,omitempty"`
 	FrameMax   uint32  `json:"frame_max,omitempty"`
 	Heartbeat  *uint16 `json:"heartbeat,omitempty"`
+	// Limits for every vhost block that does not set its own.
+	Limits *Limits `json:"limits,omitempty"`
+	// How long a client of a paused vhost is held before it gets a Close.
+	// Default 30s.
+	PauseTimeout caddy.Duration `json:"pause_timeout,omitempty"`
+	// Clients held by a pause are routed, at resume, by the handler with
+	// this name in the config loaded then. Default "amqp".
+	Name string `json:"name,omitempty"`
 
 	limits  *learnedLimits
 	logger  *zap.Logger
@@ -56,6 +65,8 @@ type Route struct {
 	// Exact vhost names or path.Match globs ("/team-*").
 	VHosts []string `json:"vhosts,omitempty"`
 	farm.Farm
+	// Limits for this block (fields not set fall back to the handler's).
+	Limits *Limits `json:"limits,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -106,13 +117,29 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.FrameMax < amqp.FrameMinSize {
 		return fmt.Errorf("frame_max: %d is below the protocol minimum %d", h.FrameMax, amqp.FrameMinSize)
 	}
+	if err := h.Limits.provision(); err != nil {
+		return fmt.Errorf("limits: %v", err)
+	}
+	for i, r := range h.Routes {
+		if err := r.Limits.provision(); err != nil {
+			return fmt.Errorf("routes[%d].limits: %v", i, err)
+		}
+	}
+	if h.PauseTimeout == 0 {
+		h.PauseTimeout = caddy.Duration(DefaultPauseTimeout)
+	}
+	if h.Name == "" {
+		h.Name = "amqp"
+	}
 	h.limits = sharedLimits
 	h.metrics = initMetrics(ctx.GetMetricsRegistry())
+	registerHandler(h)
 	return nil
 }
 
 // Cleanup releases the farms' shared member state.
 func (h *Handler) Cleanup() error {
+	unregisterHandler(h)
 	for _, r := range h.Routes {
 		_ = r.Farm.Cleanup()
 	}
@@ -122,19 +149,20 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// route returns the farm for vhost and a stable label for metrics.
-func (h *Handler) route(vhost string) (*farm.Farm, string) {
+// route returns the farm for vhost, a stable label for metrics and the
+// block's effective limits.
+func (h *Handler) route(vhost string) (*farm.Farm, string, Limits) {
 	for _, r := range h.Routes {
 		for _, p := range r.VHosts {
 			if ok, _ := path.Match(p, vhost); ok {
-				return &r.Farm, p
+				return &r.Farm, p, effective(r.Limits, h.Limits)
 			}
 		}
 	}
 	if h.Default != nil {
-		return h.Default, "default"
+		return h.Default, "default", effective(nil, h.Limits)
 	}
-	return nil, "unrouted"
+	return nil, "unrouted", Limits{}
 }
 
 // Handle runs one client session: handshake, routing, replay, relay. The
@@ -142,8 +170,11 @@ func (h *Handler) route(vhost string) (*farm.Farm, string) {
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	start := time.Now()
 	s := &session{h: h, cx: cx, remote: cx.RemoteAddr()}
+	source := sourceKey(s.remote)
+	record(true, "", "", source, func(c *Counters) { c.Accepted++ })
 	outcome := s.run()
 	h.metrics.connections.WithLabelValues(s.routeLabel, outcome).Inc()
+	recordOutcome(s, source, outcome)
 	if outcome == outcomeRouted {
 		return nil
 	}
@@ -151,6 +182,34 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		zap.String("remote", s.remote.String()), zap.String("outcome", outcome),
 		zap.Duration("duration", time.Since(start)))
 	return nil
+}
+
+// recordOutcome counts a session's outcome in the stats: the vhost's
+// acceptance once Open named it, and why an unrouted session ended.
+func recordOutcome(s *session, source, outcome string) {
+	vhost := ""
+	if s.open != nil {
+		vhost = s.open.VirtualHost
+		record(false, vhost, "", "", func(c *Counters) { c.Accepted++ })
+	}
+	var f func(*Counters)
+	switch outcome {
+	case outcomeRouted:
+		return // counted by the relay
+	case outcomeUnrouted:
+		f = func(c *Counters) { c.Refused[refusedNoRoute]++ }
+	case outcomeRefused:
+		f = func(c *Counters) { c.Refused[refusedAuth]++ }
+	case outcomeLimited:
+		f = func(c *Counters) { c.Refused[refusedLimit]++ }
+	case outcomePauseTimeout:
+		f = func(c *Counters) { c.Refused[refusedPauseTimeout]++ }
+	case outcomeUnreachable:
+		f = func(c *Counters) { c.FailedUpstream++ }
+	default:
+		f = func(c *Counters) { c.HandshakeFailed++ }
+	}
+	record(true, vhost, "", source, f)
 }
 
 func (h *Handler) dialContext() (context.Context, context.CancelFunc) {

@@ -26,6 +26,8 @@ const (
 	outcomeProtocolError = "protocol_error"
 	outcomeTimeout       = "timeout"
 	outcomeClientClosed  = "client_closed"
+	outcomeLimited       = "limited"
+	outcomePauseTimeout  = "pause_timeout"
 )
 
 // session is one client connection while the handler plays broker.
@@ -98,6 +100,9 @@ func (s *session) fail(err error) string {
 	}
 	if s.started {
 		s.sendClose(&ce.Close)
+		// Unread client bytes (garbage after a protocol error) would turn
+		// the close into a reset that can destroy the Close.
+		relay.CloseAfterReply(s.cx.Conn, 500*time.Millisecond)
 	}
 	return ce.outcome
 }
@@ -254,16 +259,25 @@ func (s *session) send(m amqp.Method) error {
 	return err
 }
 
-// routeAndRelay picks the farm for the client's vhost, replays the handshake
-// to one of its members and relays the session.
+// routeAndRelay holds the client while its vhost is paused, picks the farm
+// for its vhost, replays the handshake to one of its members and relays the
+// session.
 func (s *session) routeAndRelay() string {
 	vhost := s.open.VirtualHost
-	f, label := s.h.route(vhost)
+	if err := s.hold(vhost); err != nil {
+		return s.fail(err)
+	}
+	f, label, lim := s.h.route(vhost)
 	s.routeLabel = label
 	if f == nil {
 		return s.fail(closeWith(outcomeUnrouted, amqp.ReplyNotAllowed,
 			"NOT_ALLOWED - vhost %s is not routed by this proxy", vhost))
 	}
+	release, refusal := admit(s.h.Name+"\x00"+label, lim)
+	if refusal != "" {
+		return s.fail(closeWith(outcomeLimited, amqp.ReplyNotAllowed, "NOT_ALLOWED - vhost %s: %s", vhost, refusal))
+	}
+	defer release()
 	ctx, cancel := s.h.dialContext()
 	defer cancel()
 	var openOk []byte
@@ -282,23 +296,107 @@ func (s *session) routeAndRelay() string {
 	}
 	defer lease.Release()
 	defer lease.Conn.Close()
-	s.setPlaceholders(lease.Member.Addr) // before Open-Ok: the session is routed once the client sees it
+	upstream := lease.Member.Addr
+	s.setPlaceholders(upstream) // before Open-Ok: the session is routed once the client sees it
 	if _, err := s.cx.Write(openOk); err != nil {
 		return outcomeClientClosed
 	}
 	_ = s.cx.SetDeadline(time.Time{})
 	s.h.logger.Debug("amqp session routed",
-		zap.String("remote", s.remote.String()), zap.String("upstream", lease.Member.Addr),
+		zap.String("remote", s.remote.String()), zap.String("upstream", upstream),
 		zap.String("vhost", vhost), zap.String("user", s.user))
+	l := &liveSession{client: s.cx.Conn, upstream: lease.Conn, info: Session{
+		Client: s.remote.String(), VHost: vhost, User: s.user,
+		ConnectionName: s.startOk.ClientProperties.String("connection_name"),
+		Upstream:       upstream, Started: time.Now(),
+	}}
+	addSession(l)
+	defer removeSession(l.info.ID)
+	source := sourceKey(s.remote)
+	record(true, vhost, upstream, source, func(c *Counters) { c.Active++ })
 	s.h.metrics.active.WithLabelValues(label).Inc()
-	up, down, err := relay.Relay(s.cx, lease.Conn)
+	up, down, ended := s.relaySession(l, lim.dataRate)
 	s.h.metrics.active.WithLabelValues(label).Dec()
 	s.h.metrics.bytes.WithLabelValues(label, "upstream").Add(float64(up))
 	s.h.metrics.bytes.WithLabelValues(label, "downstream").Add(float64(down))
+	record(true, vhost, upstream, source, func(c *Counters) {
+		c.Active--
+		c.Closes[ended]++
+		c.BytesIn += uint64(up)
+		c.BytesOut += uint64(down)
+	})
 	s.h.logger.Debug("amqp session ended",
-		zap.String("remote", s.remote.String()), zap.String("upstream", lease.Member.Addr),
-		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
+		zap.String("remote", s.remote.String()), zap.String("upstream", upstream),
+		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.String("ended", ended))
 	return outcomeRouted
+}
+
+// hold keeps a client of a paused vhost after its Open until the vhost
+// resumes (then the session is routed by the handler current at that time),
+// answering its heartbeats, for at most pause_timeout.
+func (s *session) hold(vhost string) error {
+	wait := pauseWait(vhost)
+	if wait == nil {
+		return nil
+	}
+	timeout := time.Duration(s.h.PauseTimeout)
+	s.h.logger.Debug("amqp client held: vhost paused", zap.String("remote", s.remote.String()), zap.String("vhost", vhost))
+	_ = s.cx.SetDeadline(time.Time{})
+	gone := make(chan error, 1)
+	go func() { gone <- s.drainWhileHeld() }()
+	var beat <-chan time.Time
+	if hb := s.tuneOk.Heartbeat; hb > 0 {
+		t := time.NewTicker(time.Duration(hb) * time.Second / 2)
+		defer t.Stop()
+		beat = t.C
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	heartbeat := amqp.AppendFrame(nil, amqp.Frame{Type: amqp.FrameHeartbeat})
+	for {
+		select {
+		case <-wait:
+			_ = s.cx.SetReadDeadline(time.Now())
+			if err := <-gone; err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return err
+			}
+			_ = s.cx.SetDeadline(time.Now().Add(time.Duration(s.h.HandshakeTimeout)))
+			s.h = currentHandler(s.h)
+			return nil
+		case err := <-gone:
+			return err
+		case <-beat:
+			_, _ = s.cx.Write(heartbeat)
+		case <-timer.C:
+			_ = s.cx.SetReadDeadline(time.Now())
+			<-gone
+			return closeWith(outcomePauseTimeout, amqp.ReplyConnectionForced,
+				"CONNECTION_FORCED - vhost %s is paused by an operator and was not resumed within %s", vhost, timeout)
+		}
+	}
+}
+
+// drainWhileHeld reads what a held client sends: heartbeats are dropped, a
+// Close is answered and ends the session, anything else is a protocol error
+// (the client must wait for Open-Ok).
+func (s *session) drainWhileHeld() error {
+	for {
+		f, err := amqp.ReadFrame(s.cx, s.frameMax)
+		if err != nil {
+			return err
+		}
+		if f.Type == amqp.FrameHeartbeat {
+			continue
+		}
+		if m, perr := amqp.ParseMethod(f.Payload); perr == nil && f.Type == amqp.FrameMethod {
+			if class, id := m.MethodID(); class == amqp.ClassConnection && id == amqp.MethodClose {
+				_ = s.send(&amqp.CloseOk{})
+				return errClientClosed
+			}
+		}
+		return closeWith(outcomeProtocolError, amqp.ReplyUnexpectedFrame,
+			"UNEXPECTED_FRAME - a frame before Connection.Open-Ok (the vhost is paused)")
+	}
 }
 
 func (s *session) setPlaceholders(upstream string) {

@@ -44,6 +44,7 @@ func (a Admin) Routes() []caddy.AdminRoute {
 		{Pattern: "/prelude/foo/health", Handler: caddy.AdminHandlerFunc(a.fooHealth)},
 		{Pattern: "/prelude/zmtp/pairs", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pairs() }))},
 		{Pattern: "/prelude/zmtp/workers", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pools() }))},
+		{Pattern: "/prelude/amqp/", Handler: caddy.AdminHandlerFunc(a.amqpAPI)},
 		{Pattern: "/prelude/tunnels", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4amqpstream.Tunnels() }))},
 	}
 }

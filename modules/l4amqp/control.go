@@ -1,0 +1,229 @@
+package l4amqp
+
+import (
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyprelude/prelude/modules/internal/tcpinfo"
+)
+
+// Session is one live, routed AMQP session as GET /prelude/amqp/sessions
+// reports it. It never holds credentials.
+type Session struct {
+	ID             uint64    `json:"id"`
+	Client         string    `json:"client"`
+	VHost          string    `json:"vhost"`
+	User           string    `json:"user"`
+	ConnectionName string    `json:"connection_name"`
+	Upstream       string    `json:"upstream"`
+	Started        time.Time `json:"started"`
+	// Bytes so far, from the kernel's counters of the client socket:
+	// in = from the client, out = to the client (handshake included).
+	BytesIn  uint64 `json:"bytes_in"`
+	BytesOut uint64 `json:"bytes_out"`
+}
+
+// Ways a session can be severed by an operator.
+const (
+	severNow      = 1
+	severGraceful = 2
+)
+
+// liveSession is a registry entry: what the API shows, and how to end it.
+type liveSession struct {
+	info     Session
+	client   net.Conn
+	upstream net.Conn
+	sever    atomic.Int32 // 0, severNow or severGraceful: set once
+	why      atomic.Value // the Close reply text of a graceful sever
+}
+
+// Reply texts of graceful severs.
+const (
+	textOperatorClosed = "CONNECTION_FORCED - closed by an operator through the proxy's admin API"
+	textShuttingDown   = "CONNECTION_FORCED - proxy shutting down"
+)
+
+func (l *liveSession) reason() string {
+	if s, ok := l.why.Load().(string); ok {
+		return s
+	}
+	return textOperatorClosed
+}
+
+// stop asks the relay to end: at once (both sockets closed), or gracefully
+// (the relays stop at a frame boundary and the client gets Close 320).
+func (l *liveSession) stop(how int32, text string) {
+	if text != "" {
+		l.why.CompareAndSwap(nil, text)
+	}
+	if !l.sever.CompareAndSwap(0, how) {
+		return
+	}
+	if how == severNow {
+		_ = l.client.Close()
+		_ = l.upstream.Close()
+		return
+	}
+	now := time.Now()
+	_ = l.client.SetReadDeadline(now)
+	_ = l.upstream.SetReadDeadline(now)
+}
+
+var (
+	sessionSeq atomic.Uint64
+	sessionsMu sync.Mutex
+	sessions   = map[uint64]*liveSession{}
+)
+
+func addSession(l *liveSession) {
+	l.info.ID = sessionSeq.Add(1)
+	sessionsMu.Lock()
+	sessions[l.info.ID] = l
+	sessionsMu.Unlock()
+}
+
+func removeSession(id uint64) {
+	sessionsMu.Lock()
+	delete(sessions, id)
+	sessionsMu.Unlock()
+}
+
+// Sessions returns the live sessions, oldest first; vhost "" means all.
+func Sessions(vhost string) []Session {
+	sessionsMu.Lock()
+	out := make([]Session, 0, len(sessions))
+	conns := make([]net.Conn, 0, len(sessions))
+	for _, l := range sessions {
+		if vhost == "" || l.info.VHost == vhost {
+			out = append(out, l.info)
+			conns = append(conns, l.client)
+		}
+	}
+	sessionsMu.Unlock()
+	for i := range out {
+		out[i].BytesIn, out[i].BytesOut = tcpinfo.Bytes(conns[i])
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// SeverSession ends one session; it reports false for an unknown id.
+func SeverSession(id uint64, graceful bool) bool {
+	sessionsMu.Lock()
+	l := sessions[id]
+	sessionsMu.Unlock()
+	if l == nil {
+		return false
+	}
+	l.stop(severHow(graceful), "")
+	return true
+}
+
+// SeverVHost ends every session of vhost and returns how many.
+func SeverVHost(vhost string, graceful bool) int {
+	sessionsMu.Lock()
+	var victims []*liveSession
+	for _, l := range sessions {
+		if l.info.VHost == vhost {
+			victims = append(victims, l)
+		}
+	}
+	sessionsMu.Unlock()
+	for _, l := range victims {
+		l.stop(severHow(graceful), "")
+	}
+	return len(victims)
+}
+
+func severHow(graceful bool) int32 {
+	if graceful {
+		return severGraceful
+	}
+	return severNow
+}
+
+// Pausing: a paused vhost's new clients wait after Open until Resume.
+var (
+	pausedMu sync.Mutex
+	paused   = map[string]chan struct{}{}
+)
+
+// PauseVHost holds new clients of vhost after their Open. It reports false
+// when the vhost was already paused.
+func PauseVHost(vhost string) bool {
+	pausedMu.Lock()
+	defer pausedMu.Unlock()
+	if _, ok := paused[vhost]; ok {
+		return false
+	}
+	paused[vhost] = make(chan struct{})
+	return true
+}
+
+// ResumeVHost releases the held clients of vhost to the routes current now.
+// It reports false when the vhost was not paused.
+func ResumeVHost(vhost string) bool {
+	pausedMu.Lock()
+	defer pausedMu.Unlock()
+	ch, ok := paused[vhost]
+	if ok {
+		close(ch)
+		delete(paused, vhost)
+	}
+	return ok
+}
+
+// PausedVHosts lists the paused vhosts.
+func PausedVHosts() []string {
+	pausedMu.Lock()
+	defer pausedMu.Unlock()
+	out := make([]string, 0, len(paused))
+	for v := range paused {
+		out = append(out, v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// pauseWait returns a channel closed when vhost resumes, or nil when the
+// vhost is not paused.
+func pauseWait(vhost string) chan struct{} {
+	pausedMu.Lock()
+	defer pausedMu.Unlock()
+	return paused[vhost]
+}
+
+// Current handlers by name: clients held by a pause are routed, at resume,
+// by the handler of that name in the config loaded then.
+var (
+	handlersMu sync.Mutex
+	handlers   = map[string]*Handler{}
+)
+
+func registerHandler(h *Handler) {
+	handlersMu.Lock()
+	handlers[h.Name] = h
+	handlersMu.Unlock()
+}
+
+func unregisterHandler(h *Handler) {
+	handlersMu.Lock()
+	if handlers[h.Name] == h {
+		delete(handlers, h.Name)
+	}
+	handlersMu.Unlock()
+}
+
+// currentHandler returns the newest handler named like h, or h itself.
+func currentHandler(h *Handler) *Handler {
+	handlersMu.Lock()
+	defer handlersMu.Unlock()
+	if cur := handlers[h.Name]; cur != nil {
+		return cur
+	}
+	return h
+}

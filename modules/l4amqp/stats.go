@@ -1,0 +1,141 @@
+package l4amqp
+
+import (
+	"net"
+	"sync"
+)
+
+// Counters count what happened to client connections, for GET
+// /prelude/amqp/stats. Refused and Closes are keyed by reason.
+type Counters struct {
+	Accepted uint64 `json:"accepted"`
+	Active   int64  `json:"active"`
+	// limit, no_route, pause_timeout, auth (the broker refused the login or vhost)
+	Refused map[string]uint64 `json:"refused"`
+	// No member of the farm could be reached.
+	FailedUpstream uint64 `json:"failed_upstream"`
+	// Handshakes that ended otherwise: protocol errors, timeouts, clients
+	// that left before Open.
+	HandshakeFailed uint64 `json:"handshake_failed"`
+	// How routed sessions ended: clean (Connection.Close / Close-Ok),
+	// client_dropped, broker_dropped, severed (by an operator).
+	Closes   map[string]uint64 `json:"closes"`
+	BytesIn  uint64            `json:"bytes_in"`  // client to broker, after the handshake
+	BytesOut uint64            `json:"bytes_out"` // broker to client, after the handshake
+}
+
+// Stats is the whole of GET /prelude/amqp/stats.
+type Stats struct {
+	Overall   Counters             `json:"overall"`
+	VHosts    map[string]*Counters `json:"vhosts"`
+	Upstreams map[string]*Counters `json:"upstreams"`
+	Sources   map[string]*Counters `json:"sources"` // by client IP
+}
+
+// Reasons for refusals and closes.
+const (
+	refusedLimit        = "limit"
+	refusedNoRoute      = "no_route"
+	refusedPauseTimeout = "pause_timeout"
+	refusedAuth         = "auth"
+
+	closeClean         = "clean"
+	closeClientDropped = "client_dropped"
+	closeBrokerDropped = "broker_dropped"
+	closeSevered       = "severed"
+)
+
+// maxSources bounds the per-source table; later sources count under "other".
+const maxSources = 10000
+
+var (
+	statsMu sync.Mutex
+	stats   = newStats()
+)
+
+func newStats() *Stats {
+	return &Stats{Overall: newCounters(), VHosts: map[string]*Counters{}, Upstreams: map[string]*Counters{}, Sources: map[string]*Counters{}}
+}
+
+func newCounters() Counters {
+	return Counters{Refused: map[string]uint64{}, Closes: map[string]uint64{}}
+}
+
+func counters(m map[string]*Counters, key string, limit int) *Counters {
+	c := m[key]
+	if c == nil {
+		if limit > 0 && len(m) >= limit {
+			key = "other"
+			if c = m[key]; c != nil {
+				return c
+			}
+		}
+		nc := newCounters()
+		c = &nc
+		m[key] = c
+	}
+	return c
+}
+
+// sourceKey is the client's IP, the unit operators limit and block by.
+func sourceKey(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	if a == nil {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// record applies f to the overall counters (if overall) and to those of
+// each key given (vhost, upstream and source may be empty: not known yet or
+// counted elsewhere).
+func record(overall bool, vhost, upstream, source string, f func(*Counters)) {
+	statsMu.Lock()
+	defer statsMu.Unlock()
+	if overall {
+		f(&stats.Overall)
+	}
+	if vhost != "" {
+		f(counters(stats.VHosts, vhost, 0))
+	}
+	if upstream != "" {
+		f(counters(stats.Upstreams, upstream, 0))
+	}
+	if source != "" {
+		f(counters(stats.Sources, source, maxSources))
+	}
+}
+
+// StatsSnapshot returns a deep copy of the counters.
+func StatsSnapshot() Stats {
+	statsMu.Lock()
+	defer statsMu.Unlock()
+	cp := func(c *Counters) *Counters {
+		n := *c
+		n.Refused, n.Closes = map[string]uint64{}, map[string]uint64{}
+		for k, v := range c.Refused {
+			n.Refused[k] = v
+		}
+		for k, v := range c.Closes {
+			n.Closes[k] = v
+		}
+		return &n
+	}
+	out := Stats{Overall: *cp(&stats.Overall), VHosts: map[string]*Counters{}, Upstreams: map[string]*Counters{}, Sources: map[string]*Counters{}}
+	for k, v := range stats.VHosts {
+		out.VHosts[k] = cp(v)
+	}
+	for k, v := range stats.Upstreams {
+		out.Upstreams[k] = cp(v)
+	}
+	for k, v := range stats.Sources {
+		out.Sources[k] = cp(v)
+	}
+	return out
+}

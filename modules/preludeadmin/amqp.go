@@ -1,0 +1,104 @@
+package preludeadmin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddyprelude/prelude/modules/l4amqp"
+)
+
+// amqpAPI serves the AMQP control plane under /prelude/amqp/:
+//
+//	GET    /prelude/amqp/sessions[?vhost=]
+//	DELETE /prelude/amqp/sessions/{id}[?graceful=1]
+//	DELETE /prelude/amqp/vhosts/{vhost}/sessions[?graceful=1]
+//	POST   /prelude/amqp/vhosts/{vhost}/pause
+//	POST   /prelude/amqp/vhosts/{vhost}/resume
+//	GET    /prelude/amqp/vhosts (paused vhosts)
+//	GET    /prelude/amqp/stats
+//
+// A vhost in the path is URL-escaped: "/" is %2F.
+func (Admin) amqpAPI(w http.ResponseWriter, r *http.Request) error {
+	rest := strings.TrimPrefix(r.URL.EscapedPath(), "/prelude/amqp/")
+	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	for i, p := range parts {
+		u, err := url.PathUnescape(p)
+		if err != nil {
+			return apiErr(http.StatusBadRequest, "bad path segment %q", p)
+		}
+		parts[i] = u
+	}
+	graceful := r.URL.Query().Get("graceful") == "1"
+	switch {
+	case len(parts) == 1 && parts[0] == "sessions":
+		if err := method(r, http.MethodGet); err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, l4amqp.Sessions(r.URL.Query().Get("vhost")))
+	case len(parts) == 2 && parts[0] == "sessions":
+		if err := method(r, http.MethodDelete); err != nil {
+			return err
+		}
+		id, err := strconv.ParseUint(parts[1], 10, 64)
+		if err != nil || !l4amqp.SeverSession(id, graceful) {
+			return apiErr(http.StatusNotFound, "no live session %q", parts[1])
+		}
+		return writeJSON(w, http.StatusOK, map[string]any{"severed": 1, "graceful": graceful})
+	case len(parts) == 1 && parts[0] == "stats":
+		if err := method(r, http.MethodGet); err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, l4amqp.StatsSnapshot())
+	case len(parts) == 1 && parts[0] == "vhosts":
+		if err := method(r, http.MethodGet); err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, map[string]any{"paused": l4amqp.PausedVHosts()})
+	case len(parts) == 3 && parts[0] == "vhosts":
+		vhost := parts[1]
+		switch parts[2] {
+		case "sessions":
+			if err := method(r, http.MethodDelete); err != nil {
+				return err
+			}
+			n := l4amqp.SeverVHost(vhost, graceful)
+			return writeJSON(w, http.StatusOK, map[string]any{"vhost": vhost, "severed": n, "graceful": graceful})
+		case "pause":
+			if err := method(r, http.MethodPost); err != nil {
+				return err
+			}
+			changed := l4amqp.PauseVHost(vhost)
+			return writeJSON(w, http.StatusOK, map[string]any{"vhost": vhost, "paused": true, "changed": changed})
+		case "resume":
+			if err := method(r, http.MethodPost); err != nil {
+				return err
+			}
+			changed := l4amqp.ResumeVHost(vhost)
+			return writeJSON(w, http.StatusOK, map[string]any{"vhost": vhost, "paused": false, "changed": changed})
+		}
+	}
+	return apiErr(http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
+}
+
+func method(r *http.Request, want string) error {
+	if r.Method != want {
+		return apiErr(http.StatusMethodNotAllowed, "method %s not allowed; use %s", r.Method, want)
+	}
+	return nil
+}
+
+func apiErr(status int, format string, args ...any) error {
+	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(v)
+}
