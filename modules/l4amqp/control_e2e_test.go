@@ -214,7 +214,10 @@ func TestSeverMidPublish(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("NotifyClose did not fire")
 	}
-	mustDo(t, c, http.MethodDelete, "/prelude/amqp/sessions/"+itoa(live[0].ID), http.StatusNotFound)
+	waitFor(t, "the severed session to leave the registry", func() bool {
+		code, _ := c.Do(t, http.MethodDelete, "/prelude/amqp/sessions/"+itoa(live[0].ID))
+		return code == http.StatusNotFound
+	})
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
