@@ -1,6 +1,7 @@
 package l4amqp
 
 import (
+	"context"
 	"net"
 	"sort"
 	"sync"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddyprelude/prelude/modules/internal/tcpinfo"
+	"github.com/caddyprelude/prelude/modules/relay"
 )
 
 // Session is one live, routed AMQP session as GET /prelude/amqp/sessions
@@ -226,4 +228,36 @@ func currentHandler(h *Handler) *Handler {
 		return cur
 	}
 	return h
+}
+
+var registerShutdown sync.Once
+
+// closeOnShutdown makes a graceful exit end AMQP sessions in the protocol:
+// it waits for them to end on their own for the drain period (less a
+// second), then sends every remaining client Close 320 "proxy shutting
+// down" between two broker frames, instead of letting the exit reset them.
+// It runs before the relay's own drain, which then finds nothing to wait for.
+func closeOnShutdown(context.Context) {
+	deadline := time.Now().Add(max(relay.DrainTimeout-time.Second, 0))
+	for time.Now().Before(deadline) && liveCount() > 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	sessionsMu.Lock()
+	victims := make([]*liveSession, 0, len(sessions))
+	for _, l := range sessions {
+		victims = append(victims, l)
+	}
+	sessionsMu.Unlock()
+	for _, l := range victims {
+		l.stop(severGraceful, textShuttingDown)
+	}
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end) && liveCount() > 0; {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func liveCount() int {
+	sessionsMu.Lock()
+	defer sessionsMu.Unlock()
+	return len(sessions)
 }

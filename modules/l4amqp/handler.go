@@ -134,6 +134,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.limits = sharedLimits
 	h.metrics = initMetrics(ctx.GetMetricsRegistry())
 	registerHandler(h)
+	registerShutdown.Do(func() { caddy.OnExit(closeOnShutdown) })
 	return nil
 }
 

@@ -113,7 +113,16 @@ func CloseAfterReply(c net.Conn, linger time.Duration) {
 // `caddy stop`) waits for relayed sessions to end on their own. Its
 // listeners are closed first, so no new session starts meanwhile. SIGQUIT
 // exits at once.
-const DrainTimeout = 30 * time.Second
+// The environment variable PRELUDE_DRAIN_TIMEOUT (a Go duration) overrides
+// it.
+var DrainTimeout = drainTimeout()
+
+func drainTimeout() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("PRELUDE_DRAIN_TIMEOUT")); err == nil && d >= 0 {
+		return d
+	}
+	return 30 * time.Second
+}
 
 var (
 	active        atomic.Int64 // sessions in Relay, process-wide
