@@ -14,6 +14,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/caddyprelude/prelude/modules/internal/cfutil"
+	"github.com/caddyprelude/prelude/modules/internal/tlsclient"
 )
 
 func init() {
@@ -134,33 +135,11 @@ func parseAppCaddyfile(d *caddyfile.Dispenser, existing any) (any, error) {
 func (b *Broker) unmarshalOption(d *caddyfile.Dispenser) error {
 	switch opt := d.Val(); opt {
 	case "tls":
-		if d.NextArg() {
-			return d.ArgErr()
+		c, err := tlsclient.Unmarshal(d)
+		if err != nil {
+			return err
 		}
-		b.TLS = &TLSConfig{}
-		for nesting := d.Nesting(); d.NextBlock(nesting); {
-			var err error
-			switch sub := d.Val(); sub {
-			case "ca":
-				err = cfutil.OneArg(d, &b.TLS.CA)
-			case "server_name":
-				err = cfutil.OneArg(d, &b.TLS.ServerName)
-			case "cert":
-				err = cfutil.OneArg(d, &b.TLS.Cert)
-			case "key":
-				err = cfutil.OneArg(d, &b.TLS.Key)
-			case "insecure_skip_verify":
-				if d.NextArg() {
-					return d.ArgErr()
-				}
-				b.TLS.InsecureSkipVerify = true
-			default:
-				return d.Errf("tls: unknown option %q", sub)
-			}
-			if err != nil {
-				return err
-			}
-		}
+		b.TLS = c
 		return nil
 	case "window":
 		return byteSize(d, &b.Window)

@@ -7,12 +7,9 @@ package l4amqpstream
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -20,6 +17,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/caddyprelude/prelude/amqp/stream"
+	"github.com/caddyprelude/prelude/modules/internal/tlsclient"
 )
 
 // Broker is where streams travel and how: the broker URL, TLS for amqps://,
@@ -30,7 +28,7 @@ type Broker struct {
 	// returned by the admin API with its password.
 	URL string `json:"url,omitempty"`
 	// TLS to the broker for amqps:// URLs.
-	TLS *TLSConfig `json:"tls,omitempty"`
+	TLS *tlsclient.Config `json:"tls,omitempty"`
 	// Bytes each end accepts ahead of its reader; the memory bound per
 	// direction. Default 1 MiB.
 	Window int `json:"window,omitempty"`
@@ -48,49 +46,6 @@ type Broker struct {
 	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
 }
 
-// TLSConfig configures TLS to the broker.
-type TLSConfig struct {
-	// PEM file of the CA that signed the broker's certificate (default:
-	// the system roots).
-	CA string `json:"ca,omitempty"`
-	// Name to verify the broker's certificate against (default: the URL's host).
-	ServerName string `json:"server_name,omitempty"`
-	// PEM files of a client certificate and its key, for brokers that
-	// require one (EXTERNAL authentication or verify_peer).
-	Cert string `json:"cert,omitempty"`
-	Key  string `json:"key,omitempty"`
-	// Skip verifying the broker's certificate (tests only).
-	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
-}
-
-func (t *TLSConfig) build() (*tls.Config, error) {
-	if t == nil {
-		return nil, nil
-	}
-	cfg := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
-	if t.CA != "" {
-		pem, err := os.ReadFile(t.CA)
-		if err != nil {
-			return nil, fmt.Errorf("tls ca: %v", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls ca: no certificate in %s", t.CA)
-		}
-	}
-	if (t.Cert == "") != (t.Key == "") {
-		return nil, errors.New("tls: cert and key go together")
-	}
-	if t.Cert != "" {
-		pair, err := tls.LoadX509KeyPair(t.Cert, t.Key)
-		if err != nil {
-			return nil, fmt.Errorf("tls cert: %v", err)
-		}
-		cfg.Certificates = []tls.Certificate{pair}
-	}
-	return cfg, nil
-}
-
 // validate checks the broker settings; errors name the field and never the
 // URL's password.
 func (b *Broker) validate() error {
@@ -103,13 +58,13 @@ func (b *Broker) validate() error {
 	if b.Window < 0 || b.MessageSize < 0 {
 		return errors.New("window, message_size: must not be negative")
 	}
-	_, err := b.TLS.build()
+	_, err := b.TLS.Build()
 	return err
 }
 
 // streamConfig returns the library configuration for this broker.
 func (b *Broker) streamConfig() (stream.Config, error) {
-	tlsCfg, err := b.TLS.build()
+	tlsCfg, err := b.TLS.Build()
 	if err != nil {
 		return stream.Config{}, err
 	}
@@ -181,7 +136,7 @@ func (s *sharedConn) get(ctx context.Context) (*amqp.Connection, error) {
 func (b *Broker) poolKey() string {
 	key, _ := json.Marshal(struct {
 		URL       string
-		TLS       *TLSConfig
+		TLS       *tlsclient.Config
 		Heartbeat caddy.Duration
 	}{b.URL, b.TLS, b.Heartbeat})
 	return string(key)
