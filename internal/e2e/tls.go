@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,8 +14,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/pires/go-proxyproto"
 )
 
 // TestCA is a certificate authority made for one test, with a server
@@ -88,4 +92,60 @@ func StartTLSRelay(t testing.TB, ca *TestCA, target string) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// ProxyProtocolRelay stands for a broker with the PROXY protocol enabled:
+// it requires a PROXY header (v1 or v2) on every connection, records it,
+// and relays the rest to the target.
+type ProxyProtocolRelay struct {
+	Addr    string
+	mu      sync.Mutex
+	headers []*proxyproto.Header
+}
+
+// StartProxyProtocolRelay starts one on a free loopback port.
+func StartProxyProtocolRelay(t testing.TB, target string) *ProxyProtocolRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	r := &ProxyProtocolRelay{Addr: ln.Addr().String()}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go r.serve(c, target)
+		}
+	}()
+	return r
+}
+
+func (r *ProxyProtocolRelay) serve(c net.Conn, target string) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	h, err := proxyproto.Read(br)
+	if err != nil {
+		return // no header: refuse, as a PROXY-enabled broker does
+	}
+	r.mu.Lock()
+	r.headers = append(r.headers, h)
+	r.mu.Unlock()
+	u, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	go func() { _, _ = io.Copy(u, br); _ = u.(*net.TCPConn).CloseWrite() }()
+	_, _ = io.Copy(c, u)
+}
+
+// Headers returns the PROXY headers received so far.
+func (r *ProxyProtocolRelay) Headers() []*proxyproto.Header {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*proxyproto.Header(nil), r.headers...)
 }

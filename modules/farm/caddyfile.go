@@ -6,6 +6,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddyprelude/prelude/modules/internal/cfutil"
+	"github.com/caddyprelude/prelude/modules/internal/tlsclient"
 )
 
 // UnmarshalOption parses the farm option at the dispenser's current token,
@@ -21,6 +22,12 @@ import (
 //	resolver <host:port>
 //	fail_duration <duration>
 //	max_connections <n>
+//	proxy_protocol v1|v2
+//	prefer_zone <zone>
+//	upstream <address> {
+//		tls { … }
+//		zone <zone>
+//	}
 func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	opt := d.Val()
 	switch opt {
@@ -54,6 +61,36 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 			return true, d.Errf("max_connections: %q is not a non-negative integer", s)
 		}
 		f.MaxConnections = n
+	case "proxy_protocol":
+		return true, cfutil.OneArg(d, &f.ProxyProtocol)
+	case "prefer_zone":
+		return true, cfutil.OneArg(d, &f.PreferZone)
+	case "upstream":
+		u := Upstream{}
+		if !d.NextArg() {
+			return true, d.ArgErr()
+		}
+		u.Address = d.Val()
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		for nesting := d.Nesting(); d.NextBlock(nesting); {
+			switch sub := d.Val(); sub {
+			case "tls":
+				c, err := tlsclient.Unmarshal(d)
+				if err != nil {
+					return true, err
+				}
+				u.TLS = c
+			case "zone":
+				if err := cfutil.OneArg(d, &u.Zone); err != nil {
+					return true, err
+				}
+			default:
+				return true, d.Errf("upstream: unknown option %q", sub)
+			}
+		}
+		f.Upstreams = append(f.Upstreams, u)
 	default:
 		return false, nil
 	}

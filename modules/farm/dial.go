@@ -2,11 +2,14 @@ package farm
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"strings"
 	"time"
+
+	"github.com/pires/go-proxyproto"
 )
 
 // Lease is a connection to a member that counts as live for least_conn and
@@ -85,7 +88,7 @@ func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt At
 				noMember.Tried = append(noMember.Tried, m.Addr+": at max_connections")
 				continue
 			}
-			lease, err := f.try(ctx, m, attempt)
+			lease, err := f.try(ctx, m, client, attempt)
 			if err == nil {
 				return lease, nil
 			}
@@ -106,14 +109,13 @@ func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt At
 	}
 }
 
-func (f *Farm) try(ctx context.Context, m *Member, attempt AttemptFunc) (*Lease, error) {
+func (f *Farm) try(ctx context.Context, m *Member, client net.Addr, attempt AttemptFunc) (*Lease, error) {
 	// The lease holds its own reference on the shared state, so that a
 	// reload that drops this farm keeps the count while the session lives.
 	_, _ = members.LoadOrStore(poolKey(m.Addr), m.state)
 	m.state.active.Add(1)
 	lease := &Lease{Member: m}
-	d := net.Dialer{Timeout: time.Duration(f.DialTimeout)}
-	conn, err := d.DialContext(ctx, "tcp", m.Addr)
+	conn, err := f.connect(ctx, m, client)
 	if err != nil && ctx.Err() == nil {
 		f.Emit(EventConnectError, map[string]any{"upstream": m.Addr, "error": trimOpError(err).Error()})
 	}
@@ -131,6 +133,51 @@ func (f *Farm) try(ctx context.Context, m *Member, attempt AttemptFunc) (*Lease,
 		return nil, trimOpError(err)
 	}
 	return lease, nil
+}
+
+// connect dials the member, sends the PROXY header if configured, and
+// wraps the connection in TLS for members that want it.
+func (f *Farm) connect(ctx context.Context, m *Member, client net.Addr) (net.Conn, error) {
+	d := net.Dialer{Timeout: time.Duration(f.DialTimeout)}
+	conn, err := d.DialContext(ctx, "tcp", m.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if f.ProxyProtocol != "" {
+		version := byte(1)
+		if f.ProxyProtocol == "v2" {
+			version = 2
+		}
+		local, _ := ctx.Value(localAddrKey{}).(net.Addr)
+		if local == nil {
+			local = conn.LocalAddr()
+		}
+		if client == nil {
+			client = conn.LocalAddr()
+		}
+		if _, err := proxyproto.HeaderProxyFromAddrs(version, client, local).WriteTo(conn); err != nil {
+			_ = conn.Close()
+			return nil, fmt.Errorf("writing the PROXY header: %w", err)
+		}
+	}
+	if m.tls == nil {
+		return conn, nil
+	}
+	tc := tls.Client(conn, m.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return tc, nil
+}
+
+type localAddrKey struct{}
+
+// WithLocalAddr tells Dial the address the client connected to, for the
+// destination of PROXY headers (default: the proxy's own end of the
+// upstream connection).
+func WithLocalAddr(ctx context.Context, addr net.Addr) context.Context {
+	return context.WithValue(ctx, localAddrKey{}, addr)
 }
 
 func (f *Farm) markFailed(m *Member) {
@@ -165,11 +212,31 @@ func (f *Farm) candidates(ctx context.Context, client net.Addr, key string) ([]*
 	if key != "" {
 		pick = func(_ *Farm, ms []*Member, _ net.Addr) []*Member { return hashOrder(ms, key) }
 	}
-	order := pick(f, healthy, client)
+	order := f.zoneFirst(pick(f, healthy, client))
 	if len(failed) > 0 { // policies with state (round robin) advance once per pick
-		order = append(order, pick(f, failed, client)...)
+		order = append(order, f.zoneFirst(pick(f, failed, client))...)
 	}
 	return order, errs
+}
+
+// zoneFirst moves the members of prefer_zone to the front, keeping the
+// policy's order within each group.
+func (f *Farm) zoneFirst(ms []*Member) []*Member {
+	if f.PreferZone == "" {
+		return ms
+	}
+	out := make([]*Member, 0, len(ms))
+	for _, m := range ms {
+		if m.Zone == f.PreferZone {
+			out = append(out, m)
+		}
+	}
+	for _, m := range ms {
+		if m.Zone != f.PreferZone {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // Members returns the current members, resolving DNS names whose answers
@@ -179,15 +246,15 @@ func (f *Farm) Members(ctx context.Context) ([]*Member, []string) {
 	var out []*Member
 	var errs []string
 	seen := map[string]bool{}
-	add := func(addr string) {
+	add := func(addr string, opts memberOpts) {
 		if !seen[addr] {
 			seen[addr] = true
-			out = append(out, f.member(addr))
+			out = append(out, f.member(addr, opts))
 		}
 	}
 	for _, t := range f.targets {
 		if t.ip != nil {
-			add(net.JoinHostPort(t.host, t.port))
+			add(net.JoinHostPort(t.host, t.port), t.opts)
 			continue
 		}
 		res := f.resolve(ctx, t.host)
@@ -195,7 +262,7 @@ func (f *Farm) Members(ctx context.Context) ([]*Member, []string) {
 			errs = append(errs, fmt.Sprintf("%s: %v", t.host, res.err))
 		}
 		for _, ip := range res.addrs {
-			add(net.JoinHostPort(ip, t.port))
+			add(net.JoinHostPort(ip, t.port), t.opts)
 		}
 	}
 	return out, errs

@@ -7,6 +7,8 @@
 package farm
 
 import (
+	"crypto/tls"
+	"slices"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +21,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
+
+	"github.com/caddyprelude/prelude/modules/internal/tlsclient"
 )
 
 // Defaults for the options a Farm leaves unset.
@@ -52,6 +56,14 @@ type Farm struct {
 	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
 	// Most live connections per member; 0 means unlimited.
 	MaxConnections int `json:"max_connections,omitempty"`
+	// Per-member options (TLS, zone) by address as written; an address
+	// listed only here is a member too.
+	Upstreams []Upstream `json:"upstreams,omitempty"`
+	// Send a PROXY protocol header ("v1" or "v2") to members before
+	// anything else, so that they see the client's address.
+	ProxyProtocol string `json:"proxy_protocol,omitempty"`
+	// Try members whose zone is this one first (datacenter affinity).
+	PreferZone string `json:"prefer_zone,omitempty"`
 
 	targets []target
 	policy  policy
@@ -68,6 +80,23 @@ type Farm struct {
 type target struct {
 	host, port string
 	ip         net.IP // nil for DNS names
+	opts       memberOpts
+}
+
+// Upstream holds options for the members of one address.
+type Upstream struct {
+	// host:port, as in To.
+	Address string `json:"address"`
+	// TLS to the member (amqps, say). The server name defaults to the host.
+	TLS *tlsclient.Config `json:"tls,omitempty"`
+	// A datacenter or zone tag, for prefer_zone.
+	Zone string `json:"zone,omitempty"`
+}
+
+// memberOpts are an address's options, built.
+type memberOpts struct {
+	tls  *tls.Config
+	zone string
 }
 
 type resolution struct {
@@ -90,6 +119,8 @@ var members = caddy.NewUsagePool()
 // Member is one upstream address with its shared state.
 type Member struct {
 	Addr  string
+	Zone  string
+	tls   *tls.Config
 	state *memberState
 }
 
@@ -124,9 +155,24 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	}
 	f.policy = policies[f.policyName()]
 	f.targets = f.targets[:0]
-	for _, a := range f.To {
+	opts := map[string]memberOpts{}
+	addrs := append([]string(nil), f.To...)
+	for _, u := range f.Upstreams {
+		cfg, err := u.TLS.Build()
+		if err != nil {
+			return fmt.Errorf("upstreams %s: %v", u.Address, err)
+		}
+		if cfg != nil && cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(u.Address)
+		}
+		opts[u.Address] = memberOpts{tls: cfg, zone: u.Zone}
+		if !slices.Contains(addrs, u.Address) {
+			addrs = append(addrs, u.Address)
+		}
+	}
+	for _, a := range addrs {
 		host, port, _ := net.SplitHostPort(a)
-		f.targets = append(f.targets, target{host: host, port: port, ip: net.ParseIP(host)})
+		f.targets = append(f.targets, target{host: host, port: port, ip: net.ParseIP(host), opts: opts[a]})
 	}
 	f.dns = net.DefaultResolver
 	if f.Resolver != "" {
@@ -140,7 +186,7 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	f.known = map[string]*Member{}
 	for _, t := range f.targets { // hold static members' state from the start
 		if t.ip != nil {
-			f.member(net.JoinHostPort(t.host, t.port))
+			f.member(net.JoinHostPort(t.host, t.port), t.opts)
 		}
 	}
 	return nil
@@ -155,10 +201,17 @@ func (f *Farm) policyName() string {
 
 // Validate reports the first invalid option by its JSON name.
 func (f *Farm) Validate() error {
-	if len(f.To) == 0 {
+	if len(f.To) == 0 && len(f.Upstreams) == 0 {
 		return errors.New("to: at least one upstream address is required")
 	}
-	for _, a := range f.To {
+	if f.ProxyProtocol != "" && f.ProxyProtocol != "v1" && f.ProxyProtocol != "v2" {
+		return fmt.Errorf("proxy_protocol: %q is not v1 or v2", f.ProxyProtocol)
+	}
+	all := append([]string(nil), f.To...)
+	for _, u := range f.Upstreams {
+		all = append(all, u.Address)
+	}
+	for _, a := range all {
 		if strings.HasPrefix(a, "srv+") {
 			return fmt.Errorf("to: %q: SRV upstreams are not supported yet", a)
 		}
@@ -197,7 +250,7 @@ func (f *Farm) Cleanup() error {
 
 // member returns the farm's handle on addr, taking one reference on its
 // shared state the first time this farm meets the address.
-func (f *Farm) member(addr string) *Member {
+func (f *Farm) member(addr string, opts memberOpts) *Member {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if m, ok := f.known[addr]; ok {
@@ -208,7 +261,7 @@ func (f *Farm) member(addr string) *Member {
 		v, _ := members.LoadOrStore(poolKey(addr), st)
 		st = v.(*memberState)
 	}
-	m := &Member{Addr: addr, state: st}
+	m := &Member{Addr: addr, Zone: opts.zone, tls: opts.tls, state: st}
 	if f.known != nil {
 		f.known[addr] = m
 	}

@@ -188,7 +188,7 @@ func TestAttemptErrorsFailOverButFinalStops(t *testing.T) {
 		t.Fatalf("final error: %v after %v", err, tried)
 	}
 	for _, m := range tried {
-		if f.member(m).Active() != 0 {
+		if f.member(m, memberOpts{}).Active() != 0 {
 			t.Fatalf("failed attempt left a live count on %s", m)
 		}
 	}
@@ -232,11 +232,11 @@ func TestStateSurvivesReload(t *testing.T) {
 	l := pick(t, old, nil)
 	fresh := provisioned(t, &Farm{To: to}) // the next config generation
 	_ = old.Cleanup()
-	if n := fresh.member(to[0]).Active(); n != 1 {
+	if n := fresh.member(to[0], memberOpts{}).Active(); n != 1 {
 		t.Fatalf("after reload the member counts %d live connections, want 1", n)
 	}
 	l.Release()
-	if n := fresh.member(to[0]).Active(); n != 0 {
+	if n := fresh.member(to[0], memberOpts{}).Active(); n != 0 {
 		t.Fatalf("release after reload: %d", n)
 	}
 }

@@ -280,6 +280,7 @@ func (s *session) routeAndRelay() string {
 	defer release()
 	ctx, cancel := s.h.dialContext()
 	defer cancel()
+	ctx = farm.WithLocalAddr(ctx, s.cx.LocalAddr())
 	var openOk []byte
 	lease, err := f.Dial(ctx, s.remote, func(ctx ctxT, m *farm.Member, conn net.Conn) error {
 		var err error

@@ -1,0 +1,95 @@
+package l4amqp_test
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
+)
+
+// TestUpstreamTLS: a member reached over TLS (an amqps port), its
+// certificate checked against a CA file and a server name.
+func TestUpstreamTLS(t *testing.T) {
+	e2e.RequireRabbit(t)
+	ca := e2e.NewTestCA(t)
+	tlsAddr := e2e.StartTLSRelay(t, ca, e2e.RabbitAddr)
+	h := handler(map[string]any{"vhosts": []string{e2e.VhostB}, "upstreams": []any{map[string]any{
+		"address": tlsAddr, "tls": map[string]any{"ca": ca.CAFile, "server_name": "broker.test"},
+	}}})
+	t.Run("trusted", func(t *testing.T) {
+		c, addr := startProxy(t, h)
+		conn := dial(t, e2e.URL(addr, e2e.VhostB))
+		roundTrip(t, conn, 20)
+		if s := sessions(t, c, ""); len(s) != 1 || s[0].Upstream != tlsAddr {
+			t.Fatalf("sessions: %+v", s)
+		}
+	})
+	t.Run("unknown CA", func(t *testing.T) {
+		other := e2e.NewTestCA(t)
+		h := handler(map[string]any{"vhosts": []string{e2e.VhostB}, "upstreams": []any{map[string]any{
+			"address": tlsAddr, "tls": map[string]any{"ca": other.CAFile, "server_name": "broker.test"},
+		}}})
+		_, addr := startProxy(t, h)
+		_, err := amqp091.Dial(e2e.URL(addr, e2e.VhostB))
+		var aerr *amqp091.Error
+		if !errors.As(err, &aerr) || aerr.Code != 320 || !strings.Contains(aerr.Reason, "certificate") {
+			t.Fatalf("dial through a member with an unknown certificate: %v, want 320 naming the certificate", err)
+		}
+	})
+}
+
+// TestProxyProtocolToBrokers: with proxy_protocol v1 or v2 the broker
+// receives a PROXY header naming the real client.
+func TestProxyProtocolToBrokers(t *testing.T) {
+	e2e.RequireRabbit(t)
+	for _, version := range []string{"v1", "v2"} {
+		t.Run(version, func(t *testing.T) {
+			pp := e2e.StartProxyProtocolRelay(t, e2e.RabbitAddr)
+			v := vhosts([]string{pp.Addr}, e2e.VhostB)
+			v["proxy_protocol"] = version
+			_, addr := startProxy(t, handler(v))
+			conn := dial(t, e2e.URL(addr, e2e.VhostB))
+			roundTrip(t, conn, 5)
+			client := conn.LocalAddr().(*net.TCPAddr)
+			hs := pp.Headers()
+			if len(hs) != 1 {
+				t.Fatalf("%d PROXY headers", len(hs))
+			}
+			src, ok := hs[0].SourceAddr.(*net.TCPAddr)
+			if !ok || src.Port != client.Port || int(hs[0].Version) != int(version[1]-'0') {
+				t.Fatalf("header %+v, want version %s and source %v", hs[0], version, client)
+			}
+			_ = conn.Close()
+		})
+	}
+}
+
+// TestPreferZone: members of the preferred zone take every connection while
+// they are up; the others are the fallback.
+func TestPreferZone(t *testing.T) {
+	e2e.RequireRabbit(t)
+	east := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	west := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	h := handler(map[string]any{"vhosts": []string{e2e.VhostB}, "prefer_zone": "west", "upstreams": []any{
+		map[string]any{"address": east.Addr, "zone": "east"},
+		map[string]any{"address": west.Addr, "zone": "west"},
+	}})
+	_, addr := startProxy(t, h)
+	for range 4 {
+		conn := dial(t, e2e.URL(addr, e2e.VhostB))
+		_ = conn.Close()
+	}
+	if east.Conns.Load() != 0 || west.Conns.Load() != 4 {
+		t.Fatalf("east %d, west %d: want every connection in the preferred zone", east.Conns.Load(), west.Conns.Load())
+	}
+	west.Close()
+	conn := dial(t, e2e.URL(addr, e2e.VhostB))
+	_ = conn.Close()
+	if east.Conns.Load() != 1 {
+		t.Fatalf("with west down, east got %d connections", east.Conns.Load())
+	}
+}
