@@ -7,12 +7,12 @@
 package farm
 
 import (
-	"crypto/tls"
-	"slices"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
