@@ -22,6 +22,8 @@ import (
 //	resolver <host:port>
 //	fail_duration <duration>
 //	max_connections <n>
+//	health_interval <duration>
+//	health_timeout <duration>
 //	proxy_protocol v1|v2
 //	prefer_zone <zone>
 //	upstream <address> {
@@ -61,6 +63,10 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 			return true, d.Errf("max_connections: %q is not a non-negative integer", s)
 		}
 		f.MaxConnections = n
+	case "health_interval":
+		return true, cfutil.Duration(d, &f.HealthInterval)
+	case "health_timeout":
+		return true, cfutil.Duration(d, &f.HealthTimeout)
 	case "proxy_protocol":
 		return true, cfutil.OneArg(d, &f.ProxyProtocol)
 	case "prefer_zone":

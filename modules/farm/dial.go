@@ -202,6 +202,10 @@ func (f *Farm) candidates(ctx context.Context, client net.Addr, key string) ([]*
 	now := time.Now()
 	var healthy, failed []*Member
 	for _, m := range all {
+		if unhealthy, _, why := m.state.health.get(); unhealthy {
+			errs = append(errs, m.Addr+": unhealthy ("+why+")")
+			continue
+		}
 		if m.Failed(now) {
 			failed = append(failed, m)
 		} else {

@@ -64,6 +64,17 @@ type Farm struct {
 	ProxyProtocol string `json:"proxy_protocol,omitempty"`
 	// Try members whose zone is this one first (datacenter affinity).
 	PreferZone string `json:"prefer_zone,omitempty"`
+	// Probe every member this often with the protocol's health check
+	// (SetProbe); members that fail it are skipped until one passes. Zero
+	// (the default) turns active checks off.
+	HealthInterval caddy.Duration `json:"health_interval,omitempty"`
+	// Time one probe may take. Default 2s.
+	HealthTimeout caddy.Duration `json:"health_timeout,omitempty"`
+
+	// Name labels the farm in GET /prelude/farms; set by the handler.
+	Name string `json:"-"`
+	probe  ProbeFunc
+	cancel context.CancelFunc
 
 	targets []target
 	policy  policy
@@ -110,6 +121,7 @@ type resolution struct {
 type memberState struct {
 	active      atomic.Int64
 	failedUntil atomic.Int64 // unix nanoseconds
+	health      health
 }
 
 func (*memberState) Destruct() error { return nil }
@@ -189,6 +201,12 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 			f.member(net.JoinHostPort(t.host, t.port), t.opts)
 		}
 	}
+	hctx, cancel := context.WithCancel(ctx)
+	f.cancel = cancel
+	f.startHealthChecks(hctx)
+	farmsMu.Lock()
+	farms[f] = struct{}{}
+	farmsMu.Unlock()
 	return nil
 }
 
@@ -223,8 +241,8 @@ func (f *Farm) Validate() error {
 	if _, ok := policies[f.policyName()]; !ok {
 		return fmt.Errorf("lb_policy: unknown policy %q (want one of %s)", f.LBPolicy, policyNames())
 	}
-	if f.LBTryDuration < 0 || f.DialTimeout < 0 || f.DNSRefresh < 0 || f.LBTryInterval < 0 {
-		return errors.New("lb_try_duration, lb_try_interval, dial_timeout, dns_refresh: must not be negative")
+	if f.LBTryDuration < 0 || f.DialTimeout < 0 || f.DNSRefresh < 0 || f.LBTryInterval < 0 || f.HealthInterval < 0 || f.HealthTimeout < 0 {
+		return errors.New("lb_try_duration, lb_try_interval, dial_timeout, dns_refresh, health_interval, health_timeout: must not be negative")
 	}
 	if f.MaxConnections < 0 {
 		return errors.New("max_connections: must not be negative")
@@ -239,6 +257,12 @@ func (f *Farm) Validate() error {
 
 // Cleanup releases this farm's references to shared member state.
 func (f *Farm) Cleanup() error {
+	if f.cancel != nil {
+		f.cancel()
+	}
+	farmsMu.Lock()
+	delete(farms, f)
+	farmsMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for addr := range f.known {
@@ -279,6 +303,11 @@ const (
 	// EventInactivityTimeout: a member sent nothing within the handler's
 	// timeout. Data: upstream, timeout.
 	EventInactivityTimeout = "upstream_inactivity_timeout"
+	// EventUnhealthy: a member failed its active health check. Data:
+	// upstream, error.
+	EventUnhealthy = "upstream_unhealthy"
+	// EventHealthy: an unhealthy member passed its check again. Data: upstream.
+	EventHealthy = "upstream_healthy"
 )
 
 // Emit logs an upstream problem at warn level and emits it as a Caddy event,

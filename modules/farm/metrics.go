@@ -20,9 +20,13 @@ var (
 		"1 while an upstream member sits out after a failure (fail_duration), else 0.", []string{"member"}, nil)
 )
 
+var healthyDesc = prometheus.NewDesc("caddy_layer4_farm_member_healthy",
+	"1 while an upstream member passes its active health check (or has none), else 0.", []string{"member"}, nil)
+
 func (memberCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- activeDesc
 	ch <- failedDesc
+	ch <- healthyDesc
 }
 
 func (memberCollector) Collect(ch chan<- prometheus.Metric) {
@@ -36,6 +40,11 @@ func (memberCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(st.active.Load()), addr)
 		ch <- prometheus.MustNewConstMetric(failedDesc, prometheus.GaugeValue, failed, addr)
+		healthy := 1.0
+		if u, _, _ := st.health.get(); u {
+			healthy = 0
+		}
+		ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, healthy, addr)
 		return true
 	})
 }

@@ -1,10 +1,12 @@
 package l4amqp_test
 
 import (
+	"encoding/json"
 	"errors"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
@@ -91,5 +93,65 @@ func TestPreferZone(t *testing.T) {
 	_ = conn.Close()
 	if east.Conns.Load() != 1 {
 		t.Fatalf("with west down, east got %d connections", east.Conns.Load())
+	}
+}
+
+// TestActiveHealthChecks: a member that accepts TCP but never answers the
+// AMQP header (what a connect check cannot see) is marked unhealthy by the
+// AMQP probe, shown so in GET /prelude/farms and the metrics, and skipped.
+func TestActiveHealthChecks(t *testing.T) {
+	e2e.RequireRabbit(t)
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // hold it open, say nothing
+		}
+	}()
+	v := vhosts([]string{silent.Addr().String(), e2e.RabbitAddr}, e2e.VhostB)
+	v["health_interval"] = "200ms"
+	v["health_timeout"] = "300ms"
+	c, addr := startProxy(t, handler(v))
+	waitFor(t, "the silent member to be marked unhealthy", func() bool {
+		return c.MetricValue(t, `caddy_layer4_farm_member_healthy{member="`+silent.Addr().String()+`"}`) == 0 &&
+			c.MetricValue(t, `caddy_layer4_farm_member_healthy{member="`+e2e.RabbitAddr+`"}`) == 1
+	})
+	code, body := c.Get(t, "/prelude/farms")
+	var farms []struct {
+		Name    string `json:"name"`
+		Members []struct {
+			Address     string `json:"address"`
+			Healthy     bool   `json:"healthy"`
+			HealthError string `json:"health_error"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(body), &farms); code != 200 || err != nil || len(farms) == 0 {
+		t.Fatalf("GET /prelude/farms: %d %s", code, body)
+	}
+	found := false
+	for _, f := range farms {
+		for _, m := range f.Members {
+			if m.Address == silent.Addr().String() {
+				found = !m.Healthy && strings.Contains(m.HealthError, "Connection.Start")
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("farms: %s", body)
+	}
+	for range 4 {
+		start := time.Now()
+		conn := dial(t, e2e.URL(addr, e2e.VhostB))
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("dial took %v: the unhealthy member was tried", d)
+		}
+		_ = conn.Close()
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -102,11 +103,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 				return fmt.Errorf("routes[%d].vhosts: bad pattern %q: %v", i, p, err)
 			}
 		}
+		r.Farm.Name = "amqp vhost " + strings.Join(r.VHosts, " ")
+		r.Farm.SetProbe(probeBroker)
 		if err := r.Farm.Provision(ctx); err != nil {
 			return fmt.Errorf("routes[%d] (vhost %s): %v", i, r.VHosts[0], err)
 		}
 	}
 	if h.Default != nil {
+		h.Default.Name = "amqp default"
+		h.Default.SetProbe(probeBroker)
 		if err := h.Default.Provision(ctx); err != nil {
 			return fmt.Errorf("default: %v", err)
 		}

@@ -170,3 +170,15 @@ func setField(t amqp.Table, name string, v any) amqp.Table {
 	}
 	return append(t, amqp.Field{Name: name, Value: v})
 }
+
+// probeBroker is the farms' active health check: a member is healthy when
+// it answers the protocol header with Connection.Start (spec 4.2.2).
+func probeBroker(_ context.Context, conn net.Conn) error {
+	if _, err := conn.Write(amqp.Header091); err != nil {
+		return err
+	}
+	if _, err := readBrokerMethod(conn, amqp.MethodStart); err != nil {
+		return fmt.Errorf("no Connection.Start: %w", err)
+	}
+	return nil
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddyprelude/prelude/modules/farm"
 	"github.com/caddyprelude/prelude/modules/l4amqpstream"
 	"github.com/caddyprelude/prelude/modules/l4foo"
 	"github.com/caddyprelude/prelude/modules/l4zmtp"
@@ -45,6 +46,7 @@ func (a Admin) Routes() []caddy.AdminRoute {
 		{Pattern: "/prelude/zmtp/pairs", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pairs() }))},
 		{Pattern: "/prelude/zmtp/workers", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pools() }))},
 		{Pattern: "/prelude/amqp/", Handler: caddy.AdminHandlerFunc(a.amqpAPI)},
+		{Pattern: "/prelude/farms", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return farm.Farms() }))},
 		{Pattern: "/prelude/tunnels", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4amqpstream.Tunnels() }))},
 	}
 }
