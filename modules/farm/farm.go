@@ -72,7 +72,7 @@ type Farm struct {
 	HealthTimeout caddy.Duration `json:"health_timeout,omitempty"`
 
 	// Name labels the farm in GET /prelude/farms; set by the handler.
-	Name string `json:"-"`
+	Name   string `json:"-"`
 	probe  ProbeFunc
 	cancel context.CancelFunc
 
