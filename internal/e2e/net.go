@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -132,12 +133,13 @@ type DNS struct {
 	Addr string
 	mu   sync.Mutex
 	recs map[string][]net.IP // fqdn -> answers
+	srv  map[string][]string // fqdn -> SRV targets as host:port
 }
 
 // StartDNS starts a DNS server on a free loopback port, UDP and TCP.
 func StartDNS(t testing.TB) *DNS {
 	t.Helper()
-	d := &DNS{recs: map[string][]net.IP{}}
+	d := &DNS{recs: map[string][]net.IP{}, srv: map[string][]string{}}
 	pc, ln := listenUDPAndTCP(t)
 	d.Addr = pc.LocalAddr().String()
 	udp := &dns.Server{PacketConn: pc, Handler: d}
@@ -180,6 +182,14 @@ func (d *DNS) Set(name string, ips ...string) {
 	d.recs[dns.Fqdn(name)] = list
 }
 
+// SetSRV replaces the SRV answers for name (such as _amqp._tcp.farm.test)
+// with targets given as host:port, all priority 10 and weight 10.
+func (d *DNS) SetSRV(name string, targets ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.srv[dns.Fqdn(name)] = targets
+}
+
 // ServeDNS implements dns.Handler.
 func (d *DNS) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	m := new(dns.Msg)
@@ -187,11 +197,20 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	m.Authoritative = true
 	d.mu.Lock()
 	ips, known := d.recs[q.Question[0].Name]
+	srv, knownSRV := d.srv[q.Question[0].Name]
 	d.mu.Unlock()
-	if !known {
+	if !known && !knownSRV {
 		m.Rcode = dns.RcodeNameError
 	}
 	for _, qq := range q.Question {
+		if qq.Qtype == dns.TypeSRV {
+			for _, hp := range srv {
+				host, port, _ := net.SplitHostPort(hp)
+				p, _ := strconv.Atoi(port)
+				hdr := dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: 1}
+				m.Answer = append(m.Answer, &dns.SRV{Hdr: hdr, Priority: 10, Weight: 10, Port: uint16(p), Target: dns.Fqdn(host)})
+			}
+		}
 		for _, ip := range ips {
 			hdr := dns.RR_Header{Name: qq.Name, Class: dns.ClassINET, Ttl: 1}
 			if v4 := ip.To4(); v4 != nil && qq.Qtype == dns.TypeA {

@@ -22,6 +22,7 @@ import (
 //	resolver <host:port>
 //	fail_duration <duration>
 //	max_connections <n>
+//	drain_removed
 //	health_interval <duration>
 //	health_timeout <duration>
 //	proxy_protocol v1|v2
@@ -63,6 +64,11 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 			return true, d.Errf("max_connections: %q is not a non-negative integer", s)
 		}
 		f.MaxConnections = n
+	case "drain_removed":
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		f.DrainRemoved = true
 	case "health_interval":
 		return true, cfutil.Duration(d, &f.HealthInterval)
 	case "health_timeout":

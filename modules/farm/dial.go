@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -261,6 +262,10 @@ func (f *Farm) Members(ctx context.Context) ([]*Member, []string) {
 			add(net.JoinHostPort(t.host, t.port), t.opts)
 			continue
 		}
+		if t.srv != "" {
+			errs = append(errs, f.srvMembers(ctx, t, add)...)
+			continue
+		}
 		res := f.resolve(ctx, t.host)
 		if res.err != nil && len(res.addrs) == 0 {
 			errs = append(errs, fmt.Sprintf("%s: %v", t.host, res.err))
@@ -269,23 +274,116 @@ func (f *Farm) Members(ctx context.Context) ([]*Member, []string) {
 			add(net.JoinHostPort(ip, t.port), t.opts)
 		}
 	}
+	f.noteRemoved(seen)
 	return out, errs
 }
 
-func (f *Farm) resolve(ctx context.Context, name string) resolution {
+// noteRemoved compares the member set with the previous one and reports
+// members that left it to OnRemoved (with drain_removed).
+func (f *Farm) noteRemoved(now map[string]bool) {
 	f.mu.Lock()
-	res, ok := f.names[name]
+	prev := f.current
+	f.current = now
+	f.mu.Unlock()
+	if !f.DrainRemoved || f.OnRemoved == nil || prev == nil {
+		return
+	}
+	for addr := range prev {
+		if !now[addr] {
+			f.OnRemoved(addr)
+		}
+	}
+}
+
+// startRefresh re-resolves the members every dns_refresh while the farm
+// drains removed members, so that a member dropped from DNS is noticed
+// without waiting for the next client.
+func (f *Farm) startRefresh(ctx context.Context) {
+	if !f.DrainRemoved {
+		return
+	}
+	go func() {
+		t := time.NewTicker(time.Duration(f.DNSRefresh))
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				f.Members(ctx)
+			}
+		}
+	}()
+}
+
+// Current reports whether addr is a member as of the last resolution
+// (static members always are).
+func (f *Farm) Current(addr string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.current != nil {
+		return f.current[addr]
+	}
+	_, ok := f.known[addr]
+	return ok
+}
+
+// srvMembers adds the members an SRV name points to: each target's
+// addresses (resolved like other names) with the record's port.
+func (f *Farm) srvMembers(ctx context.Context, t target, add func(string, memberOpts)) []string {
+	var errs []string
+	res := f.lookup(ctx, "srv:"+t.srv, func(ctx context.Context) ([]string, error) {
+		_, recs, err := f.dns.LookupSRV(ctx, "", "", t.srv)
+		var out []string
+		for _, r := range recs {
+			out = append(out, net.JoinHostPort(strings.TrimSuffix(r.Target, "."), strconv.Itoa(int(r.Port))))
+		}
+		return out, err
+	})
+	if res.err != nil && len(res.addrs) == 0 {
+		errs = append(errs, fmt.Sprintf("srv+%s: %v", t.srv, res.err))
+	}
+	for _, hp := range res.addrs {
+		host, port, _ := net.SplitHostPort(hp)
+		if net.ParseIP(host) != nil {
+			add(hp, t.opts)
+			continue
+		}
+		hres := f.resolve(ctx, host)
+		if hres.err != nil && len(hres.addrs) == 0 {
+			errs = append(errs, fmt.Sprintf("%s (from srv+%s): %v", host, t.srv, hres.err))
+		}
+		for _, ip := range hres.addrs {
+			add(net.JoinHostPort(ip, port), t.opts)
+		}
+	}
+	return errs
+}
+
+func (f *Farm) resolve(ctx context.Context, name string) resolution {
+	return f.lookup(ctx, name, func(ctx context.Context) ([]string, error) {
+		ips, err := f.dns.LookupIPAddr(ctx, name)
+		var out []string
+		for _, ip := range ips {
+			out = append(out, ip.IP.String())
+		}
+		return out, err
+	})
+}
+
+// lookup returns the cached answers for key, asking again once they are
+// older than dns_refresh.
+func (f *Farm) lookup(ctx context.Context, key string, ask func(context.Context) ([]string, error)) resolution {
+	f.mu.Lock()
+	res, ok := f.names[key]
 	f.mu.Unlock()
 	if ok && time.Since(res.at) < time.Duration(f.DNSRefresh) {
 		return res
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(f.DialTimeout))
 	defer cancel()
-	ips, err := f.dns.LookupIPAddr(ctx, name)
-	fresh := resolution{at: time.Now(), err: err}
-	for _, ip := range ips {
-		fresh.addrs = append(fresh.addrs, ip.IP.String())
-	}
+	answers, err := ask(ctx)
+	fresh := resolution{at: time.Now(), err: err, addrs: answers}
 	if err != nil {
 		fresh.addrs = res.addrs // keep serving the last good answers
 		if dnsErr := (*net.DNSError)(nil); errors.As(err, &dnsErr) {
@@ -297,7 +395,7 @@ func (f *Farm) resolve(ctx context.Context, name string) resolution {
 	}
 	f.mu.Lock()
 	if f.names != nil {
-		f.names[name] = fresh
+		f.names[key] = fresh
 	}
 	f.mu.Unlock()
 	return fresh

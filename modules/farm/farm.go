@@ -70,6 +70,13 @@ type Farm struct {
 	HealthInterval caddy.Duration `json:"health_interval,omitempty"`
 	// Time one probe may take. Default 2s.
 	HealthTimeout caddy.Duration `json:"health_timeout,omitempty"`
+	// When a member leaves the farm (its name stops resolving to it, or a
+	// config push drops it), also end its live sessions, not only stop
+	// sending it new ones. The handler decides how (amqp: Close 320).
+	DrainRemoved bool `json:"drain_removed,omitempty"`
+	// OnRemoved, set by the handler, is called with each member address
+	// that DNS re-resolution drops while DrainRemoved is on.
+	OnRemoved func(addr string) `json:"-"`
 
 	// Name labels the farm in GET /prelude/farms; set by the handler.
 	Name   string `json:"-"`
@@ -81,6 +88,7 @@ type Farm struct {
 	dns     *net.Resolver
 	mu      sync.Mutex
 	names   map[string]resolution // DNS name -> last answers
+	current map[string]bool       // the member set of the last Members call
 	known   map[string]*Member    // members this farm holds a pool reference for
 	rr      atomic.Uint64
 	ctx     caddy.Context
@@ -91,6 +99,7 @@ type Farm struct {
 type target struct {
 	host, port string
 	ip         net.IP // nil for DNS names
+	srv        string // the SRV name of a srv+ address
 	opts       memberOpts
 }
 
@@ -183,6 +192,10 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 		}
 	}
 	for _, a := range addrs {
+		if name, ok := strings.CutPrefix(a, "srv+"); ok {
+			f.targets = append(f.targets, target{srv: name, opts: opts[a]})
+			continue
+		}
 		host, port, _ := net.SplitHostPort(a)
 		f.targets = append(f.targets, target{host: host, port: port, ip: net.ParseIP(host), opts: opts[a]})
 	}
@@ -204,6 +217,7 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	hctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel
 	f.startHealthChecks(hctx)
+	f.startRefresh(hctx)
 	farmsMu.Lock()
 	farms[f] = struct{}{}
 	farmsMu.Unlock()
@@ -230,8 +244,11 @@ func (f *Farm) Validate() error {
 		all = append(all, u.Address)
 	}
 	for _, a := range all {
-		if strings.HasPrefix(a, "srv+") {
-			return fmt.Errorf("to: %q: SRV upstreams are not supported yet", a)
+		if name, ok := strings.CutPrefix(a, "srv+"); ok {
+			if !strings.HasPrefix(name, "_") || strings.Contains(name, ":") {
+				return fmt.Errorf("to: %q is not srv+_service._proto.name", a)
+			}
+			continue
 		}
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" || port == "" {

@@ -261,3 +261,32 @@ func liveCount() int {
 	defer sessionsMu.Unlock()
 	return len(sessions)
 }
+
+// severUpstream closes, with Close 320, every session relayed to addr: a
+// member that left its farm with drain_removed on.
+func severUpstream(addr string) {
+	sessionsMu.Lock()
+	var victims []*liveSession
+	for _, l := range sessions {
+		if l.info.Upstream == addr {
+			victims = append(victims, l)
+		}
+	}
+	sessionsMu.Unlock()
+	for _, l := range victims {
+		l.stop(severGraceful, textMemberRemoved(addr))
+	}
+}
+
+func severUpstreamSession(id uint64, addr string) {
+	sessionsMu.Lock()
+	l := sessions[id]
+	sessionsMu.Unlock()
+	if l != nil {
+		l.stop(severGraceful, textMemberRemoved(addr))
+	}
+}
+
+func textMemberRemoved(addr string) string {
+	return "CONNECTION_FORCED - broker " + addr + " was removed from the proxy's farm"
+}

@@ -155,3 +155,101 @@ func TestActiveHealthChecks(t *testing.T) {
 		_ = conn.Close()
 	}
 }
+
+// TestSRVMembersAndDrainRemoved: members come from an SRV record through a
+// loopback DNS server; when DNS drops a member, drain_removed closes its
+// sessions with Close 320 and new clients go to the others. A config push
+// that drops a member does the same.
+func TestSRVMembersAndDrainRemoved(t *testing.T) {
+	e2e.RequireRabbit(t)
+	a := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	b := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	_, portA, _ := net.SplitHostPort(a.Addr)
+	_, portB, _ := net.SplitHostPort(b.Addr)
+	dns := e2e.StartDNS(t)
+	dns.Set("a.farm.test", "127.0.0.1")
+	dns.Set("b.farm.test", "127.0.0.1")
+	dns.SetSRV("_amqp._tcp.farm.test", "a.farm.test:"+portA, "b.farm.test:"+portB)
+	v := vhosts([]string{"srv+_amqp._tcp.farm.test"}, e2e.VhostB)
+	v["resolver"], v["dns_refresh"], v["drain_removed"] = dns.Addr, "200ms", true
+	c, addr := startProxy(t, handler(v))
+
+	type client struct {
+		conn   *amqp091.Connection
+		closed chan *amqp091.Error
+	}
+	var clients []client
+	for range 2 {
+		conn := dial(t, e2e.URL(addr, e2e.VhostB))
+		clients = append(clients, client{conn, conn.NotifyClose(make(chan *amqp091.Error, 1))})
+	}
+	if a.Conns.Load() != 1 || b.Conns.Load() != 1 {
+		t.Fatalf("SRV members got %d and %d connections, want one each", a.Conns.Load(), b.Conns.Load())
+	}
+	var onB client
+	for i, s := range sessions(t, c, "") {
+		if s.Upstream == b.Addr {
+			onB = clients[i]
+		}
+	}
+	dns.SetSRV("_amqp._tcp.farm.test", "a.farm.test:"+portA)
+	select {
+	case err := <-onB.closed:
+		if err == nil || err.Code != 320 || !strings.Contains(err.Reason, "removed") {
+			t.Fatalf("the session on the removed member closed with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain_removed did not close the removed member's session")
+	}
+	for range 2 {
+		conn := dial(t, e2e.URL(addr, e2e.VhostB))
+		_ = conn.Close()
+	}
+	if b.Conns.Load() != 1 || a.Conns.Load() != 3 {
+		t.Fatalf("after the removal: a %d, b %d connections", a.Conns.Load(), b.Conns.Load())
+	}
+	waitFor(t, "only the session on the remaining member to be left", func() bool {
+		s := sessions(t, c, "")
+		return len(s) == 1 && s[0].Upstream == a.Addr
+	})
+}
+
+// TestDrainRemovedByConfig: a config push that drops a member closes its
+// sessions (drain_removed) and leaves the others.
+func TestDrainRemovedByConfig(t *testing.T) {
+	e2e.RequireRabbit(t)
+	a := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	b := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	addr := e2e.FreePort(t)
+	config := func(to ...string) map[string]any {
+		v := vhosts(to, e2e.VhostB)
+		v["drain_removed"] = true
+		return e2e.Layer4(addr, route(handler(v)))
+	}
+	c := e2e.StartCaddy(t, config(a.Addr, b.Addr))
+	c.NoLeak(e2e.TestPassword)
+	var closed []chan *amqp091.Error
+	for range 2 {
+		conn := dial(t, e2e.URL(addr, e2e.VhostB))
+		closed = append(closed, conn.NotifyClose(make(chan *amqp091.Error, 1)))
+	}
+	c.Reload(t, config(a.Addr))
+	waitFor(t, "the session on the dropped member to close", func() bool {
+		s := sessions(t, c, "")
+		return len(s) == 1 && s[0].Upstream == a.Addr
+	})
+	n := 0
+	for _, ch := range closed {
+		select {
+		case err := <-ch:
+			if err == nil || err.Code != 320 {
+				t.Fatalf("closed with %v", err)
+			}
+			n++
+		default:
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d clients were closed, want the one on the dropped member", n)
+	}
+}

@@ -105,6 +105,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		r.Farm.Name = "amqp vhost " + strings.Join(r.VHosts, " ")
 		r.Farm.SetProbe(probeBroker)
+		r.Farm.OnRemoved = severUpstream
 		if err := r.Farm.Provision(ctx); err != nil {
 			return fmt.Errorf("routes[%d] (vhost %s): %v", i, r.VHosts[0], err)
 		}
@@ -112,6 +113,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Default != nil {
 		h.Default.Name = "amqp default"
 		h.Default.SetProbe(probeBroker)
+		h.Default.OnRemoved = severUpstream
 		if err := h.Default.Provision(ctx); err != nil {
 			return fmt.Errorf("default: %v", err)
 		}
@@ -140,7 +142,29 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.metrics = initMetrics(ctx.GetMetricsRegistry())
 	registerHandler(h)
 	registerShutdown.Do(func() { caddy.OnExit(closeOnShutdown) })
+	go h.drainRemovedMembers()
 	return nil
+}
+
+// drainRemovedMembers runs once the config that provisioned h is running
+// (h is still the current handler of its name half a second later): live
+// sessions whose member the new config no longer has, in a farm with
+// drain_removed, are closed with Close 320.
+func (h *Handler) drainRemovedMembers() {
+	time.Sleep(500 * time.Millisecond)
+	if currentHandler(h) != h {
+		return
+	}
+	for _, s := range Sessions("") {
+		f, _, _ := h.route(s.VHost)
+		if f == nil || !f.DrainRemoved {
+			continue
+		}
+		f.Members(context.Background())
+		if !f.Current(s.Upstream) {
+			severUpstreamSession(s.ID, s.Upstream)
+		}
+	}
 }
 
 // Cleanup releases the farms' shared member state.
