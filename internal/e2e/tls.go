@@ -27,6 +27,8 @@ type TestCA struct {
 	CAFile string // PEM of the CA certificate
 	Pool   *x509.CertPool
 	Server tls.Certificate
+	// PEM files of the server certificate and its key.
+	ServerCertFile, ServerKeyFile string
 }
 
 // NewTestCA creates a CA and a server certificate it signed.
@@ -60,6 +62,18 @@ func NewTestCA(t testing.TB) *TestCA {
 		t.Fatal(err)
 	}
 	ca.Server = tls.Certificate{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}
+	keyDER, err := x509.MarshalECPrivateKey(srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(ca.CAFile)
+	ca.ServerCertFile, ca.ServerKeyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
+	if err := os.WriteFile(ca.ServerCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ca.ServerKeyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return ca
 }
 

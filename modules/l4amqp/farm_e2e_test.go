@@ -1,6 +1,7 @@
 package l4amqp_test
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"net"
@@ -251,5 +252,38 @@ func TestDrainRemovedByConfig(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("%d clients were closed, want the one on the dropped member", n)
+	}
+}
+
+// TestAMQPSFromClients: caddy-l4's tls handler terminates amqps in front
+// of the amqp handler (a certificate from a test CA); the client verifies
+// it and its session is routed like any other.
+func TestAMQPSFromClients(t *testing.T) {
+	e2e.RequireRabbit(t)
+	ca := e2e.NewTestCA(t)
+	addr := e2e.FreePort(t)
+	cfg := map[string]any{"apps": map[string]any{
+		"tls": map[string]any{"certificates": map[string]any{"load_files": []any{
+			map[string]any{"certificate": ca.ServerCertFile, "key": ca.ServerKeyFile},
+		}}},
+		"layer4": map[string]any{"servers": map[string]any{"amqps": map[string]any{
+			"listen": []string{addr},
+			"routes": []any{
+				map[string]any{"match": []any{map[string]any{"tls": map[string]any{}}}, "handle": []any{map[string]any{"handler": "tls"}}},
+				route(handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB))),
+			},
+		}}},
+	}}
+	c := e2e.StartCaddy(t, cfg)
+	c.NoLeak(e2e.TestPassword)
+	url := strings.Replace(e2e.URL(addr, e2e.VhostB), "amqp://", "amqps://", 1)
+	conn, err := amqp091.DialTLS(url, &tls.Config{RootCAs: ca.Pool, ServerName: "broker.test"})
+	if err != nil {
+		t.Fatalf("amqps through the proxy: %v", err)
+	}
+	defer conn.Close()
+	roundTrip(t, conn, 20)
+	if s := sessions(t, c, ""); len(s) != 1 || s[0].VHost != e2e.VhostB {
+		t.Fatalf("sessions: %+v", s)
 	}
 }
