@@ -31,6 +31,13 @@ func StartRelay(t testing.TB, listen, target string) *Relay {
 	if err != nil {
 		t.Fatalf("relay listen %s: %v", listen, err)
 	}
+	return StartRelayOn(t, ln, target)
+}
+
+// StartRelayOn starts a Relay on a listener the test opened (to come back
+// on the address of a relay it closed).
+func StartRelayOn(t testing.TB, ln net.Listener, target string) *Relay {
+	t.Helper()
 	r := &Relay{Addr: ln.Addr().String(), ln: ln, live: map[net.Conn]struct{}{}}
 	go r.serve(target)
 	t.Cleanup(func() { _ = ln.Close(); r.Thaw() })

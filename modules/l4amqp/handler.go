@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/mholt/caddy-l4/layer4"
 	"go.uber.org/zap"
 
@@ -59,6 +60,8 @@ type Handler struct {
 	limits  *learnedLimits
 	logger  *zap.Logger
 	metrics *handlerMetrics
+	ctx     caddy.Context
+	events  *caddyevents.App
 }
 
 // Route sends the vhosts matching any of its patterns to its farm.
@@ -81,6 +84,10 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets defaults and provisions the farms.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.ctx = ctx
+	if app, err := ctx.AppIfConfigured("events"); err == nil { // no events app: no subscribers
+		h.events, _ = app.(*caddyevents.App)
+	}
 	if h.HandshakeTimeout == 0 {
 		h.HandshakeTimeout = caddy.Duration(DefaultHandshakeTimeout)
 	}
@@ -199,7 +206,7 @@ func (h *Handler) route(vhost string) (*farm.Farm, string, Limits) {
 // session is not bound to the config's lifetime, so a reload does not cut it.
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	start := time.Now()
-	s := &session{h: h, cx: cx, remote: cx.RemoteAddr()}
+	s := &session{h: h, cx: cx, remote: cx.RemoteAddr(), start: start}
 	source := sourceKey(s.remote)
 	record(true, "", "", source, func(c *Counters) { c.Accepted++ })
 	outcome := s.run()
@@ -212,6 +219,22 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		zap.String("remote", s.remote.String()), zap.String("outcome", outcome),
 		zap.Duration("duration", time.Since(start)))
 	return nil
+}
+
+// Events the handler emits on Caddy's event bus (with an events app).
+const (
+	// EventSessionOpen: a session was routed. Data: id, client, vhost, user, upstream.
+	EventSessionOpen = "amqp_session_open"
+	// EventSessionClose: a routed session ended. Data: id, client, vhost,
+	// upstream, ended (clean, client_dropped, broker_dropped, severed),
+	// bytes_in, bytes_out.
+	EventSessionClose = "amqp_session_close"
+)
+
+func (h *Handler) emit(name string, data map[string]any) {
+	if h.events != nil {
+		h.events.Emit(h.ctx, name, data)
+	}
 }
 
 // recordOutcome counts a session's outcome in the stats: the vhost's

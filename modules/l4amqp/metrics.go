@@ -15,6 +15,7 @@ type handlerMetrics struct {
 	connections *prometheus.CounterVec
 	active      *prometheus.GaugeVec
 	bytes       *prometheus.CounterVec
+	handshake   *prometheus.HistogramVec
 }
 
 var (
@@ -38,8 +39,13 @@ func initMetrics(reg *prometheus.Registry) *handlerMetrics {
 				Namespace: ns, Subsystem: sub, Name: "relayed_bytes_total",
 				Help: "Bytes relayed after the handshake, by route and direction (upstream: client to broker).",
 			}, []string{"route", "direction"}),
+			handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+				Namespace: ns, Subsystem: sub, Name: "handshake_seconds",
+				Help:    "Time from the client's first byte to Open-Ok, for routed sessions (a pause hold included), by route.",
+				Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+			}, []string{"route"}),
 		}
 	})
-	metricsreg.Register(reg, metrics.connections, metrics.active, metrics.bytes)
+	metricsreg.Register(reg, metrics.connections, metrics.active, metrics.bytes, metrics.handshake)
 	return metrics
 }

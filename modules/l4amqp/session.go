@@ -36,6 +36,7 @@ type session struct {
 	cx         *layer4.Connection
 	remote     net.Addr
 	routeLabel string
+	start      time.Time
 
 	startOk  *amqp.StartOk
 	tuneOk   *amqp.TuneOk
@@ -313,6 +314,8 @@ func (s *session) routeAndRelay() string {
 	}}
 	addSession(l)
 	defer removeSession(l.info.ID)
+	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
+	s.h.emit(EventSessionOpen, map[string]any{"id": l.info.ID, "client": l.info.Client, "vhost": vhost, "user": s.user, "upstream": upstream})
 	source := sourceKey(s.remote)
 	record(true, vhost, upstream, source, func(c *Counters) { c.Active++ })
 	s.h.metrics.active.WithLabelValues(label).Inc()
@@ -326,6 +329,8 @@ func (s *session) routeAndRelay() string {
 		c.BytesIn += uint64(up)
 		c.BytesOut += uint64(down)
 	})
+	s.h.emit(EventSessionClose, map[string]any{"id": l.info.ID, "client": l.info.Client, "vhost": vhost,
+		"upstream": upstream, "ended": ended, "bytes_in": up, "bytes_out": down})
 	s.h.logger.Debug("amqp session ended",
 		zap.String("remote", s.remote.String()), zap.String("upstream", upstream),
 		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.String("ended", ended))
