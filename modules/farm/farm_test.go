@@ -294,12 +294,13 @@ func sameSet(a, b []string) bool {
 
 func TestValidate(t *testing.T) {
 	cases := map[string]*Farm{
-		"to: at least one":   &Farm{},
-		"is not host:port":   &Farm{To: []string{"rabbit"}},
-		"SRV upstreams":      &Farm{To: []string{"srv+_amqp._tcp.example"}},
-		"lb_policy: unknown": &Farm{To: []string{"a:1"}, LBPolicy: "fastest"},
-		"max_connections":    &Farm{To: []string{"a:1"}, MaxConnections: -1},
-		"resolver":           &Farm{To: []string{"a:1"}, Resolver: "1.1.1.1"},
+		"to: at least one":    &Farm{},
+		"is not host:port":    &Farm{To: []string{"rabbit"}},
+		"is not srv+_service": &Farm{To: []string{"srv+amqp.example"}},
+		"proxy_protocol":      &Farm{To: []string{"a:1"}, ProxyProtocol: "v3"},
+		"lb_policy: unknown":  &Farm{To: []string{"a:1"}, LBPolicy: "fastest"},
+		"max_connections":     &Farm{To: []string{"a:1"}, MaxConnections: -1},
+		"resolver":            &Farm{To: []string{"a:1"}, Resolver: "1.1.1.1"},
 	}
 	for want, f := range cases {
 		if err := f.Validate(); err == nil || !strings.Contains(err.Error(), want) {

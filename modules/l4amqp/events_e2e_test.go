@@ -22,10 +22,10 @@ var (
 )
 
 func (recorder) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "events.handlers.prelude_test_amqp_recorder", New: func() caddy.Module { return recorder{} }}
+	return caddy.ModuleInfo{ID: "events.handlers.prelude_test_amqp_recorder", New: func() caddy.Module { return new(recorder) }}
 }
 
-func (recorder) Handle(_ context.Context, e caddy.Event) error {
+func (*recorder) Handle(_ context.Context, e caddy.Event) error {
 	recMu.Lock()
 	recorded = append(recorded, e)
 	recMu.Unlock()
@@ -34,7 +34,7 @@ func (recorder) Handle(_ context.Context, e caddy.Event) error {
 
 func init() { caddy.RegisterModule(recorder{}) }
 
-var _ caddyevents.Handler = recorder{}
+var _ caddyevents.Handler = (*recorder)(nil)
 
 func waitEvent(t *testing.T, name string, match func(map[string]any) bool) map[string]any {
 	t.Helper()

@@ -300,13 +300,8 @@ func (s *session) routeAndRelay() string {
 	defer lease.Conn.Close()
 	upstream := lease.Member.Addr
 	s.setPlaceholders(upstream) // before Open-Ok: the session is routed once the client sees it
-	if _, err := s.cx.Write(openOk); err != nil {
-		return outcomeClientClosed
-	}
-	_ = s.cx.SetDeadline(time.Time{})
-	s.h.logger.Debug("amqp session routed",
-		zap.String("remote", s.remote.String()), zap.String("upstream", upstream),
-		zap.String("vhost", vhost), zap.String("user", s.user))
+	// Listed before the client sees Open-Ok, so that a connected client is
+	// always in GET /prelude/amqp/sessions.
 	l := &liveSession{client: s.cx.Conn, upstream: lease.Conn, info: Session{
 		Client: s.remote.String(), VHost: vhost, User: s.user,
 		ConnectionName: s.startOk.ClientProperties.String("connection_name"),
@@ -314,6 +309,13 @@ func (s *session) routeAndRelay() string {
 	}}
 	addSession(l)
 	defer removeSession(l.info.ID)
+	if _, err := s.cx.Write(openOk); err != nil {
+		return outcomeClientClosed
+	}
+	_ = s.cx.SetDeadline(time.Time{})
+	s.h.logger.Debug("amqp session routed",
+		zap.String("remote", s.remote.String()), zap.String("upstream", upstream),
+		zap.String("vhost", vhost), zap.String("user", s.user))
 	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
 	s.h.emit(EventSessionOpen, map[string]any{"id": l.info.ID, "client": l.info.Client, "vhost": vhost, "user": s.user, "upstream": upstream})
 	source := sourceKey(s.remote)
