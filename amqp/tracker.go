@@ -2,6 +2,9 @@ package amqp
 
 import "encoding/binary"
 
+// FrameHeaderLen is the size of a frame header: type, channel, size.
+const FrameHeaderLen = frameHeaderLen
+
 // FrameTracker follows frame boundaries in a stream of AMQP frames without
 // holding the frames: fed the bytes as they pass, it knows whether the
 // stream is between two frames, how many bytes complete the current one,

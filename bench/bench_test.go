@@ -178,7 +178,7 @@ func clientHandshake(b *testing.B, addr string) net.Conn {
 }
 
 // startStreamingBroker completes any client's handshake, then writes
-// streamBytes of payload and closes: a broker at full speed, which no real
+// streamBytes of body frames and closes: a broker at full speed, which no real
 // broker is, so that the proxies are what is measured.
 func startStreamingBroker(b *testing.B) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -186,7 +186,12 @@ func startStreamingBroker(b *testing.B) string {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = ln.Close() })
-	chunk := make([]byte, 1<<20)
+	// 1 MiB of body frames at RabbitMQ's default frame_max (131072 bytes
+	// per frame), what a broker sends for large messages.
+	var chunk []byte
+	for len(chunk) < 1<<20 {
+		chunk = amqp.AppendFrame(chunk, amqp.Frame{Type: amqp.FrameBody, Channel: 1, Payload: make([]byte, 131072-8)})
+	}
 	go func() {
 		for {
 			c, err := ln.Accept()
