@@ -3,6 +3,7 @@ package l4amqp_test
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -374,4 +375,84 @@ func TestDataRate(t *testing.T) {
 	if d := time.Since(start); d < 700*time.Millisecond {
 		t.Fatalf("4 MiB at data_rate 4MiB/s took %v: not throttled", d)
 	}
+}
+
+// TestStatsClassification: every way a connection can end is counted under
+// its reason, overall and per vhost, upstream and source.
+func TestStatsClassification(t *testing.T) {
+	e2e.RequireRabbit(t)
+	member := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	dead := e2e.FreePort(t)
+	h := handler(vhosts([]string{member.Addr}, e2e.VhostB), vhosts([]string{dead}, e2e.VhostA))
+	c, addr := startProxy(t, h)
+	before := amqpStats(t, c)
+
+	// clean: Connection.Close from the client.
+	conn := dial(t, e2e.URL(addr, e2e.VhostB))
+	_ = conn.Close()
+	// client_dropped: the client's socket closes without a Close.
+	var raw net.Conn
+	conn, err := amqp091.DialConfig(e2e.URL(addr, e2e.VhostB), amqp091.Config{Dial: func(network, a string) (net.Conn, error) {
+		c, err := net.Dial(network, a)
+		raw = c
+		return c, err
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = raw.Close()
+	_ = conn.Close()
+	// broker_dropped: the path to the broker dies.
+	conn = dial(t, e2e.URL(addr, e2e.VhostB))
+	waitFor(t, "the session to be listed", func() bool { return len(sessions(t, c, "")) == 1 })
+	member.Cut()
+	waitFor(t, "sessions to end", func() bool { return len(sessions(t, c, "")) == 0 })
+	_ = conn.Close()
+	// auth: the broker refuses the password.
+	if _, err := amqp091.Dial(strings.Replace(e2e.URL(addr, e2e.VhostB), e2e.TestPassword, "Wr0ng-pw-91b2", 1)); err == nil {
+		t.Fatal("a wrong password was accepted")
+	}
+	// no_route and failed_upstream.
+	if _, err := amqp091.Dial(e2e.URL(addr, e2e.VhostOrders)); err == nil {
+		t.Fatal("an unrouted vhost was accepted")
+	}
+	if _, err := amqp091.Dial(e2e.URL(addr, e2e.VhostA)); err == nil {
+		t.Fatal("a vhost whose farm is down was accepted")
+	}
+
+	var after l4amqp.Stats
+	want := func(s l4amqp.Stats) bool {
+		o, b := s.Overall, before.Overall
+		return o.Accepted-b.Accepted == 6 && o.Closes["clean"]-b.Closes["clean"] == 1 &&
+			o.Closes["client_dropped"]-b.Closes["client_dropped"] == 1 &&
+			o.Closes["broker_dropped"]-b.Closes["broker_dropped"] == 1 &&
+			o.Refused["auth"]-b.Refused["auth"] == 1 && o.Refused["no_route"]-b.Refused["no_route"] == 1 &&
+			o.FailedUpstream-b.FailedUpstream == 1 && o.Active == 0
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		after = amqpStats(t, c)
+		if want(after) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("overall counters before %+v after %+v", before.Overall, after.Overall)
+		}
+	}
+	up := after.Upstreams[member.Addr]
+	if up == nil || up.Closes["clean"] < 1 || up.Closes["broker_dropped"] < 1 || up.BytesIn == 0 {
+		t.Fatalf("upstream counters: %+v", up)
+	}
+	if src := after.Sources["127.0.0.1"]; src == nil || src.Accepted-sourceAccepted(before) != 6 {
+		t.Fatalf("source counters: %+v", src)
+	}
+	if v := vhostCounters(after, e2e.VhostOrders); v.Refused["no_route"] < 1 {
+		t.Fatalf("vhost %s: %+v", e2e.VhostOrders, v)
+	}
+}
+
+func sourceAccepted(s l4amqp.Stats) uint64 {
+	if c := s.Sources["127.0.0.1"]; c != nil {
+		return c.Accepted
+	}
+	return 0
 }
