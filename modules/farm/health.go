@@ -51,7 +51,9 @@ func (m *Member) Unhealthy() bool {
 	return u
 }
 
-// startHealthChecks probes every member each health_interval until ctx ends.
+// startHealthChecks probes every member each health_interval until ctx
+// ends, the first time one interval after the config loads (members start
+// healthy).
 func (f *Farm) startHealthChecks(ctx context.Context) {
 	if f.HealthInterval <= 0 {
 		return
@@ -60,12 +62,12 @@ func (f *Farm) startHealthChecks(ctx context.Context) {
 		t := time.NewTicker(time.Duration(f.HealthInterval))
 		defer t.Stop()
 		for {
-			f.checkAll(ctx)
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
+			f.checkAll(ctx)
 		}
 	}()
 }
