@@ -14,6 +14,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/internal/e2e"
 	"github.com/caddyprelude/prelude/modules/l4amqp"
 	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
@@ -455,4 +456,51 @@ func sourceAccepted(s l4amqp.Stats) uint64 {
 		return c.Accepted
 	}
 	return 0
+}
+
+// TestPausedClientGetsHeartbeats: a held client that tuned a 1 s heartbeat
+// receives heartbeat frames from the proxy while it waits, then Open-Ok at
+// resume.
+func TestPausedClientGetsHeartbeats(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
+	mustDo(t, c, http.MethodPost, "/prelude/amqp/vhosts/"+e2e.VhostB+"/pause", http.StatusOK)
+	conn := rawClient(t, addr)
+	_, _ = conn.Write(amqp.Header091)
+	readMethod(t, conn) // Start
+	send(t, conn, plainStartOk())
+	tune := readMethod(t, conn).(*amqp.Tune)
+	send(t, conn, &amqp.TuneOk{ChannelMax: tune.ChannelMax, FrameMax: tune.FrameMax, Heartbeat: 1})
+	send(t, conn, &amqp.Open{VirtualHost: e2e.VhostB})
+	heartbeats := 0
+	deadline := time.Now().Add(2500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		_ = conn.SetReadDeadline(deadline)
+		f, err := amqp.ReadFrame(conn, 1<<20)
+		if err != nil {
+			break
+		}
+		if f.Type != amqp.FrameHeartbeat {
+			t.Fatalf("a held client got a type %d frame", f.Type)
+		}
+		heartbeats++
+	}
+	if heartbeats < 3 {
+		t.Fatalf("%d heartbeats in 2.5 s at a 1 s heartbeat, want one every half second", heartbeats)
+	}
+	mustDo(t, c, http.MethodPost, "/prelude/amqp/vhosts/"+e2e.VhostB+"/resume", http.StatusOK)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		f, err := amqp.ReadFrame(conn, 1<<20)
+		if err != nil {
+			t.Fatalf("no Open-Ok after resume: %v", err)
+		}
+		if f.Type == amqp.FrameHeartbeat {
+			continue
+		}
+		m, err := amqp.ParseMethod(f.Payload)
+		if _, ok := m.(*amqp.OpenOk); err != nil || !ok {
+			t.Fatalf("after resume: %T %v, want Open-Ok", m, err)
+		}
+		return
+	}
 }
