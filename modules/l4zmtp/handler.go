@@ -94,8 +94,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	switch {
 	case h.Sticky != "" && h.Sticky != "identity" && h.Sticky != "remote_ip":
 		return fmt.Errorf("sticky: %q is not identity or remote_ip", h.Sticky)
-	case h.Sticky != "" && h.Workers != "":
-		return errors.New("sticky: applies to workers that listen (to), not to a worker pool")
 	case h.Sticky == "identity" && !h.InspectMetadata:
 		return errors.New("sticky identity: needs inspect_metadata to read the identity")
 	}
@@ -148,9 +146,6 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		refuse(cx, g, false, "mechanism "+g.Mechanism+" is not accepted here")
 		return nil
 	}
-	if h.pool != nil {
-		return h.pairWithParked(cx, greeting, g)
-	}
 	var meta metadata
 	if h.InspectMetadata && (g.Mechanism == "NULL" || g.Mechanism == "PLAIN") {
 		if meta, err = inspect(cx, g, timeout); err != nil {
@@ -163,6 +158,9 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 			repl.Set("l4.zmtp.identity", meta.identity)
 			repl.Set("l4.zmtp.user", meta.user)
 		}
+	}
+	if h.pool != nil {
+		return h.pairWithParked(cx, greeting, g, meta)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -295,28 +293,34 @@ var (
 // pairWithParked takes an idle worker of the client's mechanism from the
 // pool (waiting up to pair_timeout), feeds each side the rest of the
 // other's greeting so that both complete their own handshake, and relays.
-func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.Greeting) error {
+func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.Greeting, meta metadata) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.PairTimeout))
 	start := time.Now()
-	w, err := h.pool.take(ctx, g.Mechanism)
+	w, err := h.pool.take(ctx, g.Mechanism, h.stickyKey(cx, meta))
 	cancel()
 	holdTime.Observe(time.Since(start).Seconds())
 	if err != nil {
 		pairings.WithLabelValues(resultNoWorker).Inc()
 		h.logger.Debug("zmtp client not paired", zap.String("remote", cx.RemoteAddr().String()),
 			zap.String("pool", h.Workers), zap.String("mechanism", g.Mechanism), zap.Error(err))
-		refuse(cx, g, false, "no idle "+g.Mechanism+" worker within "+time.Duration(h.PairTimeout).String())
+		refuse(cx, g, meta.first != nil, "no idle "+g.Mechanism+" worker within "+time.Duration(h.PairTimeout).String())
 		return nil
 	}
 	defer close(w.done)
+	defer h.pool.release(w)
 	defer w.conn.Close()
 	<-w.released    // the worker side has stopped watching the connection
 	const tail = 11 // the signature and major each side already has from the proxy
-	if _, err := w.conn.Write(greeting[tail:]); err != nil {
+	// The worker gets the rest of the client's greeting (and the command
+	// inspect_metadata read); the client gets the rest of the worker's,
+	// unless inspecting already completed the client's greeting.
+	if _, err := w.conn.Write(append(greeting[tail:len(greeting):len(greeting)], meta.first...)); err != nil {
 		return nil
 	}
-	if _, err := cx.Write(w.greeting[tail:]); err != nil {
-		return nil
+	if meta.first == nil {
+		if _, err := cx.Write(w.greeting[tail:]); err != nil {
+			return nil
+		}
 	}
 	h.logger.Debug("zmtp pair", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", w.conn.RemoteAddr().String()), zap.String("pool", h.Workers),

@@ -1,11 +1,14 @@
 package l4zmtp_test
 
 import (
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyprelude/prelude/internal/e2e"
+	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
 )
 
 func TestStickyIdentityWithFallback(t *testing.T) {
@@ -59,5 +62,77 @@ func TestInspectPLAINUser(t *testing.T) {
 	}
 	if !strings.Contains(c.Logs(), `"user":"alice"`) {
 		t.Fatalf("PLAIN user not read:\n%s", c.Logs())
+	}
+}
+
+// TestStickyIdentityWithPooledWorkers: workers that connect to the proxy
+// (two hosts, 127.0.0.2 and 127.0.0.3) — a client identity keeps reaching
+// the same worker host, and the next one in its ranking when that worker
+// is gone.
+func TestStickyIdentityWithPooledWorkers(t *testing.T) {
+	requirePyZMQ(t)
+	workersIn, clientsIn := e2e.FreePort(t), e2e.FreePort(t)
+	c := e2e.StartCaddy(t, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+		"workers": map[string]any{"listen": []string{workersIn}, "routes": []any{map[string]any{
+			"match":  []any{map[string]any{"zmtp": map[string]any{}}},
+			"handle": []any{map[string]any{"handler": "zmtp_workers", "pool": "sticky"}},
+		}}},
+		"clients": map[string]any{"listen": []string{clientsIn}, "routes": []any{map[string]any{
+			"match": []any{map[string]any{"zmtp": map[string]any{}}},
+			"handle": []any{map[string]any{"handler": "zmtp", "workers": "sticky", "pair_timeout": "5s",
+				"inspect_metadata": true, "sticky": "identity"}},
+		}}},
+	}}}})
+	hosts := map[string]*exec.Cmd{
+		"127.0.0.2": startPeer(t, "poolworkerfrom", workersIn, "NULL", "127.0.0.2"),
+		"127.0.0.3": startPeer(t, "poolworkerfrom", workersIn, "NULL", "127.0.0.3"),
+	}
+	waitParked(t, c, 2)
+	idclient := func(id string) string {
+		out, _ := exec.Command(python, "testdata/peer.py", "idclient", clientsIn, "NULL", id, "1000").Output()
+		return strings.TrimSpace(string(out))
+	}
+	pairedWith := func() []string {
+		var out []string
+		for _, l := range strings.Split(c.Logs(), "\n") {
+			if strings.Contains(l, `"msg":"zmtp pair"`) {
+				_, rest, _ := strings.Cut(l, `"upstream":"`)
+				host, _, _ := strings.Cut(rest, ":")
+				out = append(out, host)
+			}
+		}
+		return out
+	}
+	for i := range 3 {
+		if got := idclient("client-A"); got != "ok" {
+			t.Fatalf("client-A %d: %q", i, got)
+		}
+	}
+	seen := pairedWith()
+	if len(seen) != 3 || seen[0] != seen[1] || seen[1] != seen[2] {
+		t.Fatalf("client-A paired with %v, want one worker host three times", seen)
+	}
+	sticky := seen[0]
+	_ = hosts[sticky].Process.Kill()
+	_ = hosts[sticky].Wait()
+	if got := idclient("client-A"); got != "ok" {
+		t.Fatalf("client-A after its worker died: %q", got)
+	}
+	if last := pairedWith(); last[len(last)-1] == sticky {
+		t.Fatalf("client-A paired with the dead worker host %s: %v", sticky, last)
+	}
+}
+
+// waitParked waits until n workers are parked in the pools.
+func waitParked(t *testing.T, c *e2e.Caddy, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, body := c.Get(t, "/prelude/zmtp/workers")
+		if strings.Count(body, `"NULL":`) > 0 && strings.Contains(body, fmt.Sprintf(`"NULL":%d`, n)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workers not parked: %s", body)
+		}
 	}
 }

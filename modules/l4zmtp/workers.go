@@ -1,6 +1,7 @@
 package l4zmtp
 
 import (
+	"net"
 	"errors"
 	"io"
 	"time"
@@ -70,7 +71,11 @@ func (h *WorkersHandler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		h.logger.Debug("zmtp worker greeting failed", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
 		return nil
 	}
-	w := &parked{conn: cx.Conn, greeting: greeting, mechanism: g.Mechanism,
+	host, _, err := net.SplitHostPort(cx.RemoteAddr().String())
+	if err != nil {
+		host = cx.RemoteAddr().String()
+	}
+	w := &parked{conn: cx.Conn, host: host, greeting: greeting, mechanism: g.Mechanism,
 		taken: make(chan struct{}), released: make(chan struct{}), done: make(chan struct{})}
 	h.pool.park(w)
 	h.logger.Debug("zmtp worker parked", zap.String("remote", cx.RemoteAddr().String()),

@@ -2,6 +2,7 @@
 
 worker ADDR MECH [SECRET PUBLIC]   ROUTER bound to ADDR echoing every message
 poolworker ADDR MECH [SECRET PUBLIC] ROUTER connecting to ADDR (a zmtp_workers listener), echoing
+poolworkerfrom ADDR NULL SRCIP      the same, NULL, connecting from source address SRCIP
 client ADDR MECH [SERVERPUB] SIZE  DEALER: sends [b"hello", SIZE bytes], expects the echo
 holdclient ADDR MECH SIZE           like client, then prints "paired" and stays connected
 repworker ADDR MECH [bind|connect]  REP echo worker
@@ -76,6 +77,14 @@ def main():
             return 2
         print("ok" if ok else "mismatch", flush=True)
         return 0 if ok else 3
+    if role == "poolworkerfrom":  # poolworkerfrom ADDR NULL SRCIP
+        s = ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.HANDSHAKE_IVL, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        s.connect("tcp://%s:0;%s" % (sys.argv[4], addr))
+        print("ready", flush=True)
+        while True:
+            s.send_multipart(s.recv_multipart())
     if role in ("worker", "poolworker"):
         s = ctx.socket(zmq.ROUTER)
         if mech == "CURVE":
