@@ -28,7 +28,7 @@ type pool struct {
 	name   string
 	mu     sync.Mutex
 	byMech map[string][]*parked
-	wake   chan struct{} // closed and replaced whenever a worker parks or a pair ends
+	wake   chan struct{}        // closed and replaced whenever a worker parks or a pair ends
 	busy   map[string]int       // pairs per worker host
 	seen   map[string]time.Time // when each worker host last parked or ended a pair
 }

@@ -1,9 +1,9 @@
 package l4zmtp
 
 import (
-	"net"
 	"errors"
 	"io"
+	"net"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
