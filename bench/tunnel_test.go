@@ -157,13 +157,7 @@ func pingPong(c net.Conn) ([]time.Duration, error) {
 }
 
 func startTCPEcho(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = ln.Close() })
-	go serveEcho(ln)
-	return ln.Addr().String()
+	return e2e.ServeTCP(b, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 func serveEcho(ln net.Listener) {

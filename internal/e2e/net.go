@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -241,3 +242,46 @@ func (d *DNS) Remove(name string) {
 
 // Close stops the relay accepting: new connections are refused.
 func (r *Relay) Close() { _ = r.ln.Close() }
+
+// Serve accepts connections on ln until the test ends and runs handle on
+// each in its own goroutine, closing the connection when handle returns.
+// It returns the listener's address.
+func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) string {
+	t.Helper()
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// ServeTCP is Serve on a fresh loopback TCP port.
+func ServeTCP(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Serve(t, ln, handle)
+}
+
+// Forward copies c to a new connection to target and back, half-closing
+// each way at EOF: the body of a relay.
+func Forward(c io.ReadWriter, target string) {
+	u, err := net.Dial("tcp", target)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	go func() { _, _ = io.Copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
+	_, _ = io.Copy(c, u)
+}

@@ -86,26 +86,7 @@ func StartTLSRelay(t testing.TB, ca *TestCA, target string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				go func() { _, _ = io.Copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
-				_, _ = io.Copy(c, u)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return Serve(t, ln, func(c net.Conn) { Forward(c, target) })
 }
 
 // ProxyProtocolRelay stands for a broker with the PROXY protocol enabled:
@@ -120,26 +101,12 @@ type ProxyProtocolRelay struct {
 // StartProxyProtocolRelay starts one on a free loopback port.
 func StartProxyProtocolRelay(t testing.TB, target string) *ProxyProtocolRelay {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	r := &ProxyProtocolRelay{Addr: ln.Addr().String()}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go r.serve(c, target)
-		}
-	}()
+	r := &ProxyProtocolRelay{}
+	r.Addr = ServeTCP(t, func(c net.Conn) { r.serve(c, target) })
 	return r
 }
 
 func (r *ProxyProtocolRelay) serve(c net.Conn, target string) {
-	defer c.Close()
 	br := bufio.NewReader(c)
 	h, err := proxyproto.Read(br)
 	if err != nil {
@@ -148,13 +115,10 @@ func (r *ProxyProtocolRelay) serve(c net.Conn, target string) {
 	r.mu.Lock()
 	r.headers = append(r.headers, h)
 	r.mu.Unlock()
-	u, err := net.Dial("tcp", target)
-	if err != nil {
-		return
-	}
-	defer u.Close()
-	go func() { _, _ = io.Copy(u, br); _ = u.(*net.TCPConn).CloseWrite() }()
-	_, _ = io.Copy(c, u)
+	Forward(struct {
+		io.Reader
+		io.Writer
+	}{br, c}, target)
 }
 
 // Headers returns the PROXY headers received so far.

@@ -38,25 +38,10 @@ func uniqueQueue() string {
 // half-closes when the client does.
 func startEcho(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return e2e.ServeTCP(t, func(c net.Conn) {
+		_, _ = io.Copy(c, c)
+		_ = c.(*net.TCPConn).CloseWrite()
+	})
 }
 
 // tunnelCaddyfile is the example with its receiving side: port
@@ -290,21 +275,7 @@ func TestNoListenerResetsClient(t *testing.T) {
 // closes.
 func startSource(t *testing.T, data []byte) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = c.Write(data) }()
-		}
-	}()
-	return ln.Addr().String()
+	return e2e.ServeTCP(t, func(c net.Conn) { _, _ = c.Write(data) })
 }
 
 // TestBrokerCutMidStream cuts the tunnel side's broker connection while a
