@@ -302,18 +302,7 @@ func (f *Farm) startRefresh(ctx context.Context) {
 	if !f.DrainRemoved {
 		return
 	}
-	go func() {
-		t := time.NewTicker(time.Duration(f.DNSRefresh))
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				f.Members(ctx)
-			}
-		}
-	}()
+	go every(ctx, time.Duration(f.DNSRefresh), func() { f.Members(ctx) })
 }
 
 // Current reports whether addr is a member as of the last resolution

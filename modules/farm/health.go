@@ -58,18 +58,22 @@ func (f *Farm) startHealthChecks(ctx context.Context) {
 	if f.HealthInterval <= 0 {
 		return
 	}
-	go func() {
-		t := time.NewTicker(time.Duration(f.HealthInterval))
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			f.checkAll(ctx)
+	go every(ctx, time.Duration(f.HealthInterval), func() { f.checkAll(ctx) })
+}
+
+// every runs f each interval until ctx ends, the first time one interval
+// from now.
+func every(ctx context.Context, interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
 		}
-	}()
+	}
 }
 
 func (f *Farm) checkAll(ctx context.Context) {

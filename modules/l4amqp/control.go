@@ -127,18 +127,24 @@ func SeverSession(id uint64, graceful bool) bool {
 
 // SeverVHost ends every session of vhost and returns how many.
 func SeverVHost(vhost string, graceful bool) int {
-	sessionsMu.Lock()
-	var victims []*liveSession
-	for _, l := range sessions {
-		if l.info.VHost == vhost {
-			victims = append(victims, l)
-		}
-	}
-	sessionsMu.Unlock()
+	victims := sessionsWhere(func(l *liveSession) bool { return l.info.VHost == vhost })
 	for _, l := range victims {
 		l.stop(severHow(graceful), "")
 	}
 	return len(victims)
+}
+
+// sessionsWhere returns the live sessions for which keep is true.
+func sessionsWhere(keep func(*liveSession) bool) []*liveSession {
+	sessionsMu.Lock()
+	defer sessionsMu.Unlock()
+	var out []*liveSession
+	for _, l := range sessions {
+		if keep(l) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func severHow(graceful bool) int32 {
@@ -242,13 +248,7 @@ func closeOnShutdown(context.Context) {
 	for time.Now().Before(deadline) && liveCount() > 0 {
 		time.Sleep(50 * time.Millisecond)
 	}
-	sessionsMu.Lock()
-	victims := make([]*liveSession, 0, len(sessions))
-	for _, l := range sessions {
-		victims = append(victims, l)
-	}
-	sessionsMu.Unlock()
-	for _, l := range victims {
+	for _, l := range sessionsWhere(func(*liveSession) bool { return true }) {
 		l.stop(severGraceful, textShuttingDown)
 	}
 	for end := time.Now().Add(2 * time.Second); time.Now().Before(end) && liveCount() > 0; {
@@ -265,15 +265,7 @@ func liveCount() int {
 // severUpstream closes, with Close 320, every session relayed to addr: a
 // member that left its farm with drain_removed on.
 func severUpstream(addr string) {
-	sessionsMu.Lock()
-	var victims []*liveSession
-	for _, l := range sessions {
-		if l.info.Upstream == addr {
-			victims = append(victims, l)
-		}
-	}
-	sessionsMu.Unlock()
-	for _, l := range victims {
+	for _, l := range sessionsWhere(func(l *liveSession) bool { return l.info.Upstream == addr }) {
 		l.stop(severGraceful, textMemberRemoved(addr))
 	}
 }
