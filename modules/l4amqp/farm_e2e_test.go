@@ -283,7 +283,7 @@ func TestAMQPSFromClients(t *testing.T) {
 	}
 	defer conn.Close()
 	roundTrip(t, conn, 20)
-	if s := sessions(t, c, ""); len(s) != 1 || s[0].VHost != e2e.VhostB {
+	if s := sessions(t, c, ""); len(s) != 1 || s[0].VHost != e2e.VhostB || s[0].BytesIn == 0 {
 		t.Fatalf("sessions: %+v", s)
 	}
 }

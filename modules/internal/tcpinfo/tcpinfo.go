@@ -5,12 +5,25 @@ package tcpinfo
 import (
 	"net"
 
+	"github.com/mholt/caddy-l4/layer4"
 	"golang.org/x/sys/unix"
 )
 
-// Bytes returns what the kernel received on c and what it sent (less
-// retransmissions), or zeros where TCP_INFO is not available.
+// Bytes returns what the kernel received on c's socket and what it sent
+// (less retransmissions) — for a TLS connection, the encrypted bytes — or
+// zeros where TCP_INFO is not available.
 func Bytes(c net.Conn) (received, sent uint64) {
+	for { // see through TLS and layer4 wrappers down to the socket
+		if lc, ok := c.(*layer4.Connection); ok {
+			c = lc.Conn
+			continue
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return 0, 0
