@@ -1,7 +1,6 @@
 package l4amqp
 
 import (
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -9,23 +8,16 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/modules/relay"
 )
 
-// spliceMin is the frame remainder from which the broker-to-client copy
-// lets the kernel move the bytes (splice) instead of reading them: large
-// body frames keep the zero-copy path, small frames are read so that their
-// boundaries are known.
-const spliceMin = 32 << 10
-
 // relaySession relays a routed session until both directions end or an
 // operator severs it. Client to broker is a plain spliced copy (or a
 // throttled one with data_rate); broker to client follows frame boundaries
-// (amqp.FrameTracker), so a graceful sever stops between two frames and
-// the client gets a Connection.Close it can parse. It returns the bytes
+// (amqp.FrameTracker) through user-space buffers (relay.CopyAdaptive), so
+// a graceful sever stops between two frames and the client gets a
+// Connection.Close it can parse. It returns the bytes
 // each way and how the session ended.
 func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended string) {
 	defer relay.Track()()
@@ -100,50 +92,7 @@ func (l *liveSession) afterCopy(dst, src net.Conn, err error) {
 // copyFrames copies broker frames to the client, tracking boundaries. It
 // returns nil at the broker's EOF.
 func copyFrames(dst, src net.Conn, tr *amqp.FrameTracker) (int64, error) {
-	buf := make([]byte, 64<<10)
-	var n int64
-	large := false // the last frame was spliced: expect another large one
-	for {
-		if rem, ok := tr.Remaining(); ok && rem >= spliceMin {
-			k, err := io.CopyN(dst, src, int64(rem))
-			n += k
-			tr.Skip(uint64(k))
-			if err != nil {
-				return n, eofIsNil(err)
-			}
-			large = true
-			continue
-		}
-		if large && tr.AtBoundary() {
-			// A run of large frames: peek at the next header and splice
-			// the whole frame, header included, when it is large too.
-			if size, ok := peekFrameSize(src); ok && size >= spliceMin {
-				var h [amqp.FrameHeaderLen]byte
-				putFrameSize(&h, size)
-				tr.Feed(h[:])
-				k, err := io.CopyN(dst, src, int64(size)+amqp.FrameOverhead)
-				n += k
-				tr.Skip(uint64(k) - min(uint64(k), amqp.FrameHeaderLen))
-				if err != nil {
-					return n, eofIsNil(err)
-				}
-				continue
-			}
-			large = false
-		}
-		m, err := src.Read(buf)
-		if m > 0 {
-			tr.Feed(buf[:m])
-			w, werr := dst.Write(buf[:m])
-			n += int64(w)
-			if werr != nil {
-				return n, werr
-			}
-		}
-		if err != nil {
-			return n, eofIsNil(err)
-		}
-	}
+	return relay.CopyAdaptive(dst, src, tr.Feed)
 }
 
 func eofIsNil(err error) error {
@@ -151,40 +100,6 @@ func eofIsNil(err error) error {
 		return nil
 	}
 	return err
-}
-
-// peekFrameSize returns the payload size in the next frame header waiting
-// on a TCP socket, without consuming it (MSG_PEEK); ok is false when the
-// header has not fully arrived or the socket is not TCP.
-func peekFrameSize(c net.Conn) (size uint32, ok bool) {
-	tc, isTCP := c.(*net.TCPConn)
-	if !isTCP {
-		return 0, false
-	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	var hdr [amqp.FrameHeaderLen]byte
-	_ = raw.Read(func(fd uintptr) bool {
-		n, _, err := unix.Recvfrom(int(fd), hdr[:], unix.MSG_PEEK)
-		if err == unix.EAGAIN {
-			return false // wait until readable
-		}
-		ok = err == nil && n == len(hdr)
-		return true
-	})
-	if !ok {
-		return 0, false
-	}
-	return binary.BigEndian.Uint32(hdr[3:7]), true
-}
-
-// putFrameSize writes a header with size for the tracker: only the size
-// matters to it for a frame whose payload it skips.
-func putFrameSize(h *[amqp.FrameHeaderLen]byte, size uint32) {
-	h[0] = amqp.FrameBody
-	binary.BigEndian.PutUint32(h[3:7], size)
 }
 
 // finishFrame completes the frame a stopped copy was in the middle of, so

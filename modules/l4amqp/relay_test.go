@@ -30,9 +30,9 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	return a, b
 }
 
-// TestCopyFramesExact: a mix of small and large frames (splice, peek and
-// read paths) crosses copyFrames byte for byte, and the tracker ends at a
-// boundary having counted every frame.
+// TestCopyFramesExact: a mix of small and large frames, written in random
+// pieces (both buffer sizes of the adaptive copy), crosses copyFrames byte
+// for byte, and the tracker ends at a boundary having counted every frame.
 func TestCopyFramesExact(t *testing.T) {
 	var stream []byte
 	frames := 0
@@ -40,7 +40,7 @@ func TestCopyFramesExact(t *testing.T) {
 	for range 300 {
 		size := r.IntN(200)
 		if r.IntN(3) == 0 {
-			size = spliceMin + r.IntN(131072)
+			size = 32<<10 + r.IntN(131072)
 		}
 		payload := make([]byte, size)
 		for i := range payload {
