@@ -135,41 +135,13 @@ func start(t *testing.T, routes string, addrs map[string]string) (*e2e.Caddy, st
 // echoServer echoes every connection.
 func echoServer(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return ln.Addr().String()
+	return e2e.ServeTCP(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 // silentServer accepts and never writes.
 func silentServer(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { _ = c.Close() })
-		}
-	}()
-	return ln.Addr().String()
+	return e2e.ServeTCP(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 }
 
 func dial(t *testing.T, addr string) net.Conn {

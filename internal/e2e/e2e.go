@@ -68,6 +68,11 @@ type Caddy struct {
 	stdout  lockedBuffer
 }
 
+// adminClient talks to Caddy's admin API without keeping connections: a
+// config load may replace the admin server, and a kept connection to the
+// old one would be reset under the next request.
+var adminClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
 var caddyMu sync.Mutex // caddy.Load is process-global: one Caddy at a time
 
 // StartCaddy loads cfg (a JSON object without "admin" and "logging", which
@@ -116,7 +121,7 @@ func (c *Caddy) Reload(t testing.TB, cfg map[string]any) {
 	b, _ := json.Marshal(c.full(cfg))
 	req, _ := http.NewRequest(http.MethodPost, "http://"+c.Admin+"/load", bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := adminClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST /load: %v", err)
 	}
@@ -160,7 +165,7 @@ func Layer4(listen string, routes ...map[string]any) map[string]any {
 // Metrics returns the admin API's /metrics text.
 func (c *Caddy) Metrics(t testing.TB) string {
 	t.Helper()
-	resp, err := http.Get("http://" + c.Admin + "/metrics")
+	resp, err := adminClient.Get("http://" + c.Admin + "/metrics")
 	if err != nil {
 		t.Fatalf("GET /metrics: %v", err)
 	}
@@ -236,7 +241,7 @@ func (c *Caddy) Do(t testing.TB, method, path string) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := adminClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -249,7 +254,7 @@ func (c *Caddy) Do(t testing.TB, method, path string) (int, string) {
 // Get fetches an admin API path and returns the status code and body.
 func (c *Caddy) Get(t testing.TB, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get("http://" + c.Admin + path)
+	resp, err := adminClient.Get("http://" + c.Admin + path)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}

@@ -3,6 +3,7 @@ package farm
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"reflect"
 	"strings"
@@ -38,21 +39,7 @@ func listeners(t *testing.T, n int) []string {
 	t.Helper()
 	var out []string
 	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				t.Cleanup(func() { _ = c.Close() })
-			}
-		}()
-		out = append(out, ln.Addr().String())
+		out = append(out, e2e.ServeTCP(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) }))
 	}
 	return out
 }

@@ -25,21 +25,7 @@ import (
 // answers Close with Close-Ok.
 func startStrictBroker(t *testing.T, frameMax uint32) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serveStrict(c, frameMax)
-		}
-	}()
-	return ln.Addr().String()
+	return e2e.ServeTCP(t, func(c net.Conn) { serveStrict(c, frameMax) })
 }
 
 func serveStrict(c net.Conn, frameMax uint32) {
