@@ -58,6 +58,10 @@ type Config struct {
 	// ConnectionName is reported to the broker as connection_name.
 	ConnectionName string
 
+	// OnAccept, when set, sees every stream a listener establishes, before
+	// Accept returns it (for registries and metrics).
+	OnAccept func(*Conn)
+
 	lose func(msg []byte) bool // tests: drop this outgoing message
 }
 

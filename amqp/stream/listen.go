@@ -31,10 +31,6 @@ type Listener struct {
 	rejected  atomic.Uint64
 
 	consumerTag string
-
-	// OnAccept, when set before the first Accept, sees every stream as it
-	// is established (for registries and metrics).
-	OnAccept func(*Conn)
 }
 
 // Listen opens a connection to the broker at url and listens on queue. The
@@ -193,8 +189,8 @@ func (l *Listener) acceptLoop(deliveries <-chan amqp.Delivery) {
 			_ = d.Nack(false, true)
 			continue
 		}
-		if l.OnAccept != nil {
-			l.OnAccept(c)
+		if l.cfg.OnAccept != nil {
+			l.cfg.OnAccept(c)
 		}
 		select {
 		case l.backlog <- c:

@@ -56,7 +56,12 @@ func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended
 	switch {
 	case l.sever.Load() == severGraceful:
 		_ = upstream.Close()
-		s.sendClose(&amqp.Close{ReplyCode: amqp.ReplyConnectionForced, ReplyText: l.reason()})
+		// A Close after part of a frame would be garbage to the client: if
+		// the broker never completed the frame, the client only sees the
+		// connection close.
+		if tr.AtBoundary() {
+			s.sendClose(&amqp.Close{ReplyCode: amqp.ReplyConnectionForced, ReplyText: l.reason()})
+		}
 		_ = client.Close()
 		return in, out, closeSevered
 	case l.sever.Load() == severNow:

@@ -25,7 +25,9 @@ import (
 // brokers for listeners (and handlers) to refer to.
 type Broker struct {
 	// amqp:// or amqps:// URL with credentials and vhost. Never logged or
-	// returned by the admin API with its password.
+	// returned by the prelude admin API with its password. Environment
+	// placeholders ({env.AMQP_URL}) are replaced at load, so that the
+	// password need not be in the config that Caddy's /config/ returns.
 	URL string `json:"url,omitempty"`
 	// TLS to the broker for amqps:// URLs.
 	TLS *tlsclient.Config `json:"tls,omitempty"`
@@ -44,16 +46,19 @@ type Broker struct {
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 	// AMQP heartbeat of the broker connection. Default 10s.
 	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+
+	url string // URL with its placeholders replaced
 }
 
 // validate checks the broker settings; errors name the field and never the
 // URL's password.
 func (b *Broker) validate() error {
-	if b.URL == "" {
+	b.url = caddy.NewReplacer().ReplaceAll(b.URL, "")
+	if b.url == "" {
 		return errors.New("url: a broker URL (amqp:// or amqps://) is required")
 	}
-	if _, err := amqp.ParseURI(b.URL); err != nil {
-		return fmt.Errorf("url: %s is not an AMQP URL (amqp://user:pass@host:port/vhost)", stream.RedactURL(b.URL))
+	if _, err := amqp.ParseURI(b.url); err != nil {
+		return fmt.Errorf("url: %s is not an AMQP URL (amqp://user:pass@host:port/vhost)", stream.RedactURL(b.url))
 	}
 	if b.Window < 0 || b.MessageSize < 0 {
 		return errors.New("window, message_size: must not be negative")
@@ -138,7 +143,7 @@ func (b *Broker) poolKey() string {
 		URL       string
 		TLS       *tlsclient.Config
 		Heartbeat caddy.Duration
-	}{b.URL, b.TLS, b.Heartbeat})
+	}{b.url, b.TLS, b.Heartbeat})
 	return string(key)
 }
 
@@ -151,7 +156,7 @@ func (b *Broker) acquireConn() (s *sharedConn, release func(), err error) {
 	}
 	key := b.poolKey()
 	v, _, err := connections.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return &sharedConn{url: b.URL, cfg: cfg}, nil
+		return &sharedConn{url: b.url, cfg: cfg}, nil
 	})
 	if err != nil {
 		return nil, nil, err

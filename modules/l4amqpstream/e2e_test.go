@@ -242,15 +242,16 @@ func waitForQueue(t *testing.T, c *e2e.Caddy, port string) {
 func TestNoListenerResetsClient(t *testing.T) {
 	e2e.RequireRabbit(t)
 	port := e2e.FreePort(t)
+	t.Setenv("PRELUDE_TEST_BROKER_URL", e2e.URL(e2e.RabbitAddr, "/"))
 	c := e2e.StartCaddyfile(t, fmt.Sprintf(`{
 	layer4 {
 		%s {
 			route {
-				amqp_tunnel %s %s
+				amqp_tunnel {env.PRELUDE_TEST_BROKER_URL} %s
 			}
 		}
 	}
-}`, port, e2e.URL(e2e.RabbitAddr, "/"), uniqueQueue()))
+}`, port, uniqueQueue()))
 	c.NoLeak(e2e.TestPassword)
 	conn, err := net.Dial("tcp", port)
 	if err != nil {
@@ -350,9 +351,12 @@ func TestTunnelOverAMQPS(t *testing.T) {
 	tlsAddr := e2e.StartTLSRelay(t, ca, e2e.RabbitAddr)
 	url := strings.Replace(e2e.URL(tlsAddr, "/"), "amqp://", "amqps://", 1)
 	port, queue := e2e.FreePort(t), uniqueQueue()
+	// The URL, password included, comes from the environment: the config
+	// Caddy keeps and returns on /config/ holds only the placeholder.
+	t.Setenv("PRELUDE_TEST_AMQPS_URL", url)
 	c := e2e.StartCaddyfile(t, fmt.Sprintf(`{
 	amqp_brokers {
-		secure %s {
+		secure {env.PRELUDE_TEST_AMQPS_URL} {
 			tls {
 				ca %s
 				server_name broker.test
@@ -372,8 +376,11 @@ func TestTunnelOverAMQPS(t *testing.T) {
 			}
 		}
 	}
-}`, url, ca.CAFile, port, queue, queue, startEcho(t)))
+}`, ca.CAFile, port, queue, queue, startEcho(t)))
 	c.NoLeak(e2e.TestPassword)
 	waitListening(t, port)
 	bulk(t, port, 8<<20)
+	if _, cfg := c.Get(t, "/config/"); strings.Contains(cfg, e2e.TestPassword) || !strings.Contains(cfg, "{env.PRELUDE_TEST_AMQPS_URL}") {
+		t.Fatalf("/config/ shows the broker password or lost the placeholder:\n%s", cfg)
+	}
 }

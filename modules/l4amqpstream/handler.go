@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 
 	"github.com/caddyserver/caddy/v2"
@@ -75,7 +76,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.cfg = cfg
-	h.redacted = stream.RedactURL(h.broker.URL)
+	h.redacted = stream.RedactURL(h.broker.url)
 	h.conn, h.release, err = h.broker.acquireConn()
 	return err
 }
@@ -218,13 +219,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// isURL tells a broker URL (or a placeholder standing for one) from a
+// broker name.
 func isURL(s string) bool {
-	for i := 0; i+2 < len(s); i++ {
-		if s[i:i+3] == "://" {
-			return true
-		}
-	}
-	return false
+	return strings.Contains(s, "://") || strings.HasPrefix(s, "{")
 }
 
 // Interface guards

@@ -51,7 +51,7 @@ func listenQueue(ctx context.Context, _, host, _ string, _ uint, _ net.ListenCon
 		return nil, err
 	}
 	initMetrics(cctx.GetMetricsRegistry())
-	redacted := stream.RedactURL(b.URL)
+	redacted := stream.RedactURL(b.url)
 	l := &queueListener{
 		queue: queue, broker: redacted, spec: b, conn: sc, release: release, cfg: cfg,
 		dialTimeout: b.dialTimeout(), done: make(chan struct{}),
@@ -132,11 +132,8 @@ func (l *queueListener) open() error {
 	if err != nil {
 		return err
 	}
-	ln, err := l.cfg.NewListener(conn, l.queue)
-	if err != nil {
-		return err
-	}
-	ln.OnAccept = func(c *stream.Conn) {
+	cfg := l.cfg
+	cfg.OnAccept = func(c *stream.Conn) {
 		streamsOpen.WithLabelValues(sideAccept, resultAccepted).Inc()
 		track(sideAccept, l.broker, "", c)
 		// The stream keeps the broker connection open even if a reload
@@ -144,6 +141,10 @@ func (l *queueListener) open() error {
 		if _, release, err := l.spec.acquireConn(); err == nil {
 			go func() { <-c.Done(); release() }()
 		}
+	}
+	ln, err := cfg.NewListener(conn, l.queue)
+	if err != nil {
+		return err
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -152,6 +152,8 @@ func (p *pool) pickLocked(mechanism, key string) int {
 	for host, at := range p.seen {
 		if now.Sub(at) < stickyGrace {
 			consider(host)
+		} else if p.busy[host] == 0 {
+			delete(p.seen, host) // gone: keep the table to present hosts
 		}
 	}
 	for i, w := range list {
