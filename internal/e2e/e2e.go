@@ -46,10 +46,20 @@ func RequirePeer(t testing.TB, what, addr, hint string) {
 	t.Skip(msg)
 }
 
-// FreePort returns a loopback host:port nobody listens on right now.
+// portIP is this test process's own loopback address. `go test ./...` runs
+// packages as parallel processes, and Caddy binds with SO_REUSEPORT: a port
+// one process frees and another happens to take would be shared by two
+// Caddys without an error. Distinct addresses per process rule that out.
+var portIP = func() string {
+	pid := os.Getpid()
+	return fmt.Sprintf("127.%d.%d.%d", 100+(pid>>16)&0x3f, (pid>>8)&0xff, pid&0xff)
+}()
+
+// FreePort returns a loopback host:port nobody listens on right now, on
+// this process's own loopback address.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", portIP+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +110,7 @@ func (c *Caddy) full(cfg map[string]any) map[string]any {
 	for k, v := range cfg {
 		out[k] = v
 	}
-	out["admin"] = map[string]any{"listen": c.Admin, "config": map[string]any{"persist": false}}
+	out["admin"] = map[string]any{"listen": c.Admin, "origins": []string{c.Admin}, "config": map[string]any{"persist": false}}
 	out["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{
 		"level": "DEBUG", "writer": map[string]any{"output": "file", "filename": c.LogFile},
 	}}}

@@ -84,6 +84,7 @@ func TestSwitchVHostToAnotherFarm(t *testing.T) {
 	}
 	c := e2e.StartCaddy(t, config(farmA.Addr))
 	c.NoLeak(e2e.TestPassword)
+	waitFor(t, "earlier sessions to end", func() bool { return amqpStats(t, c).Overall.Active == 0 })
 	before := vhostCounters(amqpStats(t, c), e2e.VhostA)
 
 	// Two clients on farm A.
@@ -386,6 +387,8 @@ func TestStatsClassification(t *testing.T) {
 	dead := e2e.FreePort(t)
 	h := handler(vhosts([]string{member.Addr}, e2e.VhostB), vhosts([]string{dead}, e2e.VhostA))
 	c, addr := startProxy(t, h)
+	// Sessions of earlier tests end on their own time: count from quiet.
+	waitFor(t, "earlier sessions to end", func() bool { return amqpStats(t, c).Overall.Active == 0 })
 	before := amqpStats(t, c)
 
 	// clean: Connection.Close from the client.
