@@ -220,10 +220,17 @@ func FuzzLines(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s := NewStats(nil)
 		c := s.Open()
-		sc := NewScanner(256)
-		_ = sc.Feed(b, c.ClientLine)
-		sc.Flush(c.ServerLine)
+		in, out := NewScanner(256), NewScanner(256)
+		_ = in.Feed(b, c.ClientLine)
+		in.Flush(c.ClientLine)
+		_ = out.Feed(b, c.ServerLine) // answers to what was just asked
+		out.Flush(c.ServerLine)
 		_, _, _ = MatchFirstLine(b)
+		line, _, _ := bytes.Cut(b, []byte{'\n'})
+		m, err := ParseLine(line)
+		if fast, ok := parseLine(line); ok != (err == nil) || ok && (fast.Type != m.Type || fast.Seq != m.Seq) {
+			t.Fatalf("ParseLine and parseLine disagree on %q", line)
+		}
 		_ = s.Report()
 		if sn, err := UnmarshalSnapshot(b); err == nil {
 			s.Restore(sn)

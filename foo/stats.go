@@ -49,11 +49,12 @@ func NewStats(now func() time.Time) *Stats {
 // read. ClientLine and ServerLine used alone flush at once. One goroutine
 // per direction may use a Conn.
 type Conn struct {
-	s           *Stats
-	mu          sync.Mutex // outstanding
-	outstanding map[uint64]time.Time
-	client      side
-	server      side
+	s       *Stats
+	opened  time.Time
+	mu      sync.Mutex // requests
+	pending pending    // times are since opened
+	client  side
+	server  side
 }
 
 // side is one direction's unflushed counts, and the Seqs it saw: requests
@@ -64,12 +65,13 @@ type side struct {
 	req, ack, nak uint64
 	invalid       uint64
 	seqs          []uint64
+	lat           []time.Duration // scratch for flushSeqs
 }
 
 // Open starts analysing a connection; Close it when the connection ends.
 func (s *Stats) Open() *Conn {
 	s.active.Add(1)
-	return &Conn{s: s, outstanding: map[uint64]time.Time{}}
+	return &Conn{s: s, opened: s.now()}
 }
 
 // Close ends the connection's analysis.
@@ -116,28 +118,24 @@ func (c *Conn) Flush(d Direction) {
 	if len(sd.seqs) > 0 {
 		c.flushSeqs(d, sd)
 	}
-	seqs := sd.seqs[:0]
-	*sd = side{seqs: seqs}
+	*sd = side{seqs: sd.seqs[:0], lat: sd.lat}
 }
 
 // flushSeqs records a batch of request Seqs, or matches a batch of answers
 // against them for latency, under one lock per batch.
 func (c *Conn) flushSeqs(d Direction, sd *side) {
-	var lat []time.Duration
+	lat := sd.lat[:0]
+	now := max(sd.now.Sub(c.opened), 0)
 	c.mu.Lock()
 	for _, seq := range sd.seqs {
 		if d == FromClient {
-			if _, dup := c.outstanding[seq]; !dup && len(c.outstanding) < maxOutstanding {
-				c.outstanding[seq] = sd.now
-			}
-			continue
-		}
-		if sent, ok := c.outstanding[seq]; ok {
-			delete(c.outstanding, seq)
-			lat = append(lat, sd.now.Sub(sent))
+			c.pending.add(seq, now)
+		} else if sent, ok := c.pending.take(seq); ok {
+			lat = append(lat, now-sent)
 		}
 	}
 	c.mu.Unlock()
+	sd.lat = lat
 	if len(lat) > 0 {
 		s := c.s
 		s.latMu.Lock()
@@ -156,8 +154,8 @@ func (c *Conn) ClientLine(line []byte) {
 	if single {
 		c.Begin(FromClient)
 	}
-	m, err := ParseLine(line)
-	if err != nil || m.Type != REQ {
+	m, ok := parseLine(line)
+	if !ok || m.Type != REQ {
 		sd.invalid++
 	} else {
 		sd.req++
@@ -175,9 +173,9 @@ func (c *Conn) ServerLine(line []byte) {
 	if single {
 		c.Begin(FromServer)
 	}
-	m, err := ParseLine(line)
+	m, ok := parseLine(line)
 	switch {
-	case err != nil || m.Type == REQ:
+	case !ok || m.Type == REQ:
 		sd.invalid++
 	default:
 		if m.Type == ACK {
