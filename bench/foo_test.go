@@ -14,46 +14,71 @@ import (
 // BenchmarkFooMessages measures Foo messages per second (requests plus
 // answers, pipelined) with 1 and 50 concurrent connections, direct to the
 // server, through the analysing foo handler and through caddy-l4's proxy,
-// one path after the other in every iteration.
+// one path after the other in every iteration. Two servers: "batched"
+// answers all it has read with one write, "flush-each" writes every answer
+// on its own (many small segments: the proxy's per-read cost dominates).
 func BenchmarkFooMessages(b *testing.B) {
-	for _, conns := range []int{1, 50} {
-		b.Run(fmt.Sprintf("conns=%d", conns), func(b *testing.B) {
-			srv := footest.StartServer(b, footest.ServerOptions{})
-			prelude, l4proxy := e2e.FreePort(b), e2e.FreePort(b)
-			cfg := map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
-				"prelude": map[string]any{"listen": []string{prelude}, "routes": []any{map[string]any{
-					"match": []any{map[string]any{"foo": map[string]any{}}},
-					"handle": []any{map[string]any{"handler": "foo", "to": []string{srv.Addr},
-						"recovery": filepath.Join(b.TempDir(), "foo.json")}},
-				}}},
-				"l4proxy": map[string]any{"listen": []string{l4proxy}, "routes": []any{map[string]any{
-					"handle": []any{map[string]any{"handler": "proxy",
-						"upstreams": []any{map[string]any{"dial": []string{srv.Addr}}}}},
-				}}},
-			}}}}
-			startBenchCaddy(b, cfg)
-			p := paths{direct: srv.Addr, prelude: prelude, l4proxy: l4proxy}
-			perConn := 100000 / conns
-			msgs, took := map[string]int{}, map[string]time.Duration{}
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				for _, path := range p.each() {
-					n, d, err := footest.Load(path[1], conns, perConn)
-					if err != nil {
-						b.Fatalf("%s: %v", path[0], err)
-					}
-					msgs[path[0]] += n
-					took[path[0]] += d
-				}
-			}
-			b.StopTimer()
-			rate := map[string]float64{}
-			for name := range msgs {
-				rate[name] = float64(msgs[name]) / took[name].Seconds()
-				b.ReportMetric(rate[name], name+"-msg/s")
-			}
-			b.ReportMetric(rate["prelude"]/rate["direct"], "prelude/direct")
-			b.ReportMetric(rate["l4proxy"]/rate["direct"], "l4proxy/direct")
-		})
+	servers := []struct {
+		name     string
+		opts     footest.ServerOptions
+		requests int // per path and iteration: long enough to measure
+	}{
+		{"batched", footest.ServerOptions{}, 1000000},
+		{"flush-each", footest.ServerOptions{FlushEach: true}, 100000},
 	}
+	for _, server := range servers {
+		for _, conns := range []int{1, 50} {
+			b.Run(fmt.Sprintf("server=%s/conns=%d", server.name, conns), func(b *testing.B) {
+				benchFoo(b, server.opts, conns, server.requests)
+			})
+		}
+	}
+}
+
+func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
+	srv := footest.StartServer(b, opts)
+	prelude, l4proxy := e2e.FreePort(b), e2e.FreePort(b)
+	cfg := map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+		"prelude": map[string]any{"listen": []string{prelude}, "routes": []any{map[string]any{
+			"match": []any{map[string]any{"foo": map[string]any{}}},
+			"handle": []any{map[string]any{"handler": "foo", "to": []string{srv.Addr},
+				"recovery": filepath.Join(b.TempDir(), "foo.json")}},
+		}}},
+		"l4proxy": map[string]any{"listen": []string{l4proxy}, "routes": []any{map[string]any{
+			"handle": []any{map[string]any{"handler": "proxy",
+				"upstreams": []any{map[string]any{"dial": []string{srv.Addr}}}}},
+		}}},
+	}}}}
+	caddy := startBenchCaddy(b, cfg)
+	p := paths{direct: srv.Addr, prelude: prelude, l4proxy: l4proxy}
+	perConn := requests / conns
+	msgs, took, cpu := map[string]int{}, map[string]time.Duration{}, map[string]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, path := range p.each() {
+			cpu0 := caddy.CPUTime()
+			n, d, err := footest.Load(path[1], conns, perConn)
+			cpu[path[0]] += caddy.CPUTime() - cpu0
+			if err != nil {
+				b.Fatalf("%s: %v", path[0], err)
+			}
+			msgs[path[0]] += n
+			took[path[0]] += d
+		}
+	}
+	b.StopTimer()
+	rate := map[string]float64{}
+	for name := range msgs {
+		rate[name] = float64(msgs[name]) / took[name].Seconds()
+		b.ReportMetric(rate[name], name+"-msg/s")
+	}
+	b.ReportMetric(rate["prelude"]/rate["direct"], "prelude/direct")
+	b.ReportMetric(rate["l4proxy"]/rate["direct"], "l4proxy/direct")
+	// CPU each proxy adds per message: Caddy's CPU time (in process, the
+	// whole process's) while a path runs, less direct's, per message.
+	over := func(name string) float64 {
+		return float64((cpu[name] - cpu["direct"]).Nanoseconds()) / float64(msgs[name])
+	}
+	b.ReportMetric(over("prelude"), "prelude-cpu-ns/msg")
+	b.ReportMetric(over("l4proxy"), "l4proxy-cpu-ns/msg")
 }

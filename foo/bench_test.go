@@ -21,16 +21,12 @@ func BenchmarkAnalyze(b *testing.B) {
 	}
 	s := NewStats(nil)
 	c := s.Open()
-	in, out := NewScanner(1<<16), NewScanner(1<<16)
+	in, out := c.Stream(FromClient, 1<<16), c.Stream(FromServer, 1<<16)
 	b.SetBytes(int64(len(reqs) + len(answers)))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c.Begin(FromClient)
-		_ = in.Feed(reqs, c.ClientLine)
-		c.Flush(FromClient)
-		c.Begin(FromServer)
-		_ = out.Feed(answers, c.ServerLine)
-		c.Flush(FromServer)
+		_ = in.Observe(reqs)
+		_ = out.Observe(answers)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*2*lines), "ns/msg")
 }

@@ -57,39 +57,46 @@ func ParseLine(line []byte) (Msg, error) {
 	return m, nil
 }
 
-// parseLine is ParseLine without building an error: the analyser's hot
-// path. Seq is 1 to 20 digits and must fit a uint64.
+// parseLine is ParseLine without building an error.
 func parseLine(line []byte) (Msg, bool) {
-	if len(line) < 5 || line[3] != ' ' {
-		return Msg{}, false
-	}
-	var m Msg
-	switch string(line[:3]) {
-	case "REQ":
-		m.Type = REQ
-	case "ACK":
-		m.Type = ACK
-	case "NAK":
-		m.Type = NAK
-	default:
-		return Msg{}, false
-	}
-	end := 4
-	for end < len(line) && line[end] != ' ' {
-		end++
-	}
-	if end-4 > 20 {
-		return Msg{}, false
-	}
-	seq, ok := parseDecimal(line[4:end])
+	t, seq, end, ok := parseHead(line)
 	if !ok {
 		return Msg{}, false
 	}
-	m.Seq = seq
+	m := Msg{Type: t, Seq: seq}
 	if end < len(line) {
 		m.Data = line[end+1:]
 	}
 	return m, true
+}
+
+// parseHead parses a line's Type and Seq and returns where the Seq ends:
+// the analyser's hot path. Seq is 1 to 20 digits and must fit a uint64.
+func parseHead(line []byte) (t Type, seq uint64, end int, ok bool) {
+	if len(line) < 5 || line[3] != ' ' {
+		return 0, 0, 0, false
+	}
+	switch string(line[:3]) {
+	case "REQ":
+		t = REQ
+	case "ACK":
+		t = ACK
+	case "NAK":
+		t = NAK
+	default:
+		return 0, 0, 0, false
+	}
+	for end = 4; end < len(line) && line[end] != ' '; end++ {
+		d := line[end] - '0'
+		if d > 9 || end-4 == 19 && seq > (1<<64-1-uint64(d))/10 {
+			return 0, 0, 0, false // not a digit, or the 20th overflows
+		}
+		seq = seq*10 + uint64(d)
+	}
+	if digits := end - 4; digits == 0 || digits > 20 {
+		return 0, 0, 0, false
+	}
+	return t, seq, end, true
 }
 
 // clip returns at most n bytes of b, for error messages.
@@ -155,31 +162,41 @@ func NewScanner(max int) *Scanner { return &Scanner{max: max} }
 // rest for the next call. It stops with ErrLineTooLong when a line grows
 // past the limit.
 func (s *Scanner) Feed(b []byte, fn func(line []byte)) error {
-	for len(b) > 0 {
-		i := bytes.IndexByte(b, '\n')
-		if i < 0 {
-			if len(s.partial)+len(b) > s.max {
-				return ErrLineTooLong
-			}
-			s.partial = append(s.partial, b...)
-			return nil
+	for {
+		line, rest, ok, err := s.next(b)
+		if !ok {
+			return err
 		}
-		if len(s.partial) > 0 {
-			if len(s.partial)+i > s.max {
-				return ErrLineTooLong
-			}
-			s.partial = append(s.partial, b[:i]...)
-			fn(s.partial)
-			s.partial = s.partial[:0]
-		} else {
-			if i > s.max {
-				return ErrLineTooLong
-			}
-			fn(b[:i])
-		}
-		b = b[i+1:]
+		fn(line)
+		b = rest
 	}
-	return nil
+}
+
+// next returns the first complete line of b, with any partial line kept
+// from earlier calls prepended, and the bytes after its LF. Without a
+// complete line, b is kept and ok is false. The line is valid until the
+// next call.
+func (s *Scanner) next(b []byte) (line, rest []byte, ok bool, err error) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		if len(s.partial)+len(b) > s.max {
+			return nil, nil, false, ErrLineTooLong
+		}
+		s.partial = append(s.partial, b...)
+		return nil, nil, false, nil
+	}
+	if len(s.partial) == 0 {
+		if i > s.max {
+			return nil, nil, false, ErrLineTooLong
+		}
+		return b[:i], b[i+1:], true, nil
+	}
+	if len(s.partial)+i > s.max {
+		return nil, nil, false, ErrLineTooLong
+	}
+	line = append(s.partial, b[:i]...)
+	s.partial = line[:0]
+	return line, b[i+1:], true, nil
 }
 
 // Flush passes a final line that had no LF to fn, if there is one.
@@ -188,20 +205,4 @@ func (s *Scanner) Flush(fn func(line []byte)) {
 		fn(s.partial)
 		s.partial = s.partial[:0]
 	}
-}
-
-// parseDecimal parses ASCII digits into a uint64 without allocating.
-func parseDecimal(b []byte) (uint64, bool) {
-	var n uint64
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		d := uint64(c - '0')
-		if n > (1<<64-1-d)/10 {
-			return 0, false // overflow
-		}
-		n = n*10 + d
-	}
-	return n, len(b) > 0
 }

@@ -2,6 +2,7 @@ package foo
 
 import (
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -16,6 +17,20 @@ type pending struct {
 	head  int
 	other map[uint64]time.Duration
 	live  int // unanswered entries in queue and other
+}
+
+// queuePool recycles the queues of closed connections: a deep pipeline
+// grows its queue to thousands of entries, and growing a fresh one for
+// every connection costs more than the rest of the analysis.
+var queuePool sync.Pool // of *[]pendingEntry
+
+// release returns the queue to the pool; p is empty afterwards.
+func (p *pending) release() {
+	if cap(p.queue) > 0 {
+		q := p.queue[:0]
+		queuePool.Put(&q)
+	}
+	*p = pending{}
 }
 
 // pendingEntry is a request; at < 0 marks one answered out of order.
@@ -106,6 +121,11 @@ func (p *pending) skipAnswered() {
 // entries, the answered ones are dropped first: each compaction reclaims as
 // much as it copies, and the queue stays bounded.
 func (p *pending) appendQueue(seq uint64, at time.Duration) {
+	if p.queue == nil {
+		if q, ok := queuePool.Get().(*[]pendingEntry); ok {
+			p.queue = *q
+		}
+	}
 	if len(p.queue) == cap(p.queue) && p.head >= len(p.queue)/2 || len(p.queue)-p.head >= 2*maxOutstanding {
 		p.compact()
 	}

@@ -1,6 +1,7 @@
 package foo
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,8 +30,10 @@ type Stats struct {
 // percentiles are computed from.
 const latencySamples = 4096
 
-// maxOutstanding bounds the Seqs one connection tracks for latency.
-const maxOutstanding = 1 << 16
+// maxOutstanding bounds the requests one connection tracks for latency:
+// as many as the latency ring holds. A deeper pipeline is sampled: requests
+// beyond it get no latency until earlier ones are answered.
+const maxOutstanding = latencySamples
 
 // NewStats returns empty stats; now may be nil for time.Now.
 func NewStats(now func() time.Time) *Stats {
@@ -43,24 +46,24 @@ func NewStats(now func() time.Time) *Stats {
 // Conn analyses one proxied connection: lines from the client must be REQ,
 // lines from the server ACK or NAK; anything else is counted invalid.
 //
-// Each direction accumulates its counts locally and adds them to the shared
-// Stats in Flush, so that many connections do not contend per line. Lines
-// observed between two flushes share one timestamp: they arrived in one
-// read. ClientLine and ServerLine used alone flush at once. One goroutine
-// per direction may use a Conn.
+// Bytes are observed through a Stream per direction. The lines of one
+// Stream.Observe are one batch: they share a timestamp (they arrived in one
+// read) and reach the shared Stats in one update, so that many connections
+// do not contend per line. ClientLine and ServerLine observe a single line.
+// One goroutine per direction may use a Conn.
 type Conn struct {
 	s       *Stats
 	opened  time.Time
-	mu      sync.Mutex // requests
+	mu      sync.Mutex // pending
 	pending pending    // times are since opened
 	client  side
 	server  side
 }
 
-// side is one direction's unflushed counts, and the Seqs it saw: requests
-// to remember (client side) or answers to match (server side).
+// side is one direction's batch: its counts, and the Seqs it saw —
+// requests to remember (client side) or answers to match (server side).
 type side struct {
-	batching      bool
+	fromServer    bool
 	now           time.Time
 	req, ack, nak uint64
 	invalid       uint64
@@ -71,13 +74,18 @@ type side struct {
 // Open starts analysing a connection; Close it when the connection ends.
 func (s *Stats) Open() *Conn {
 	s.active.Add(1)
-	return &Conn{s: s, opened: s.now()}
+	return &Conn{s: s, opened: s.now(), server: side{fromServer: true}}
 }
 
-// Close ends the connection's analysis.
-func (c *Conn) Close() { c.s.active.Add(-1) }
+// Close ends the connection's analysis; the Conn must not be used after.
+func (c *Conn) Close() {
+	c.s.active.Add(-1)
+	c.mu.Lock()
+	c.pending.release()
+	c.mu.Unlock()
+}
 
-// Direction names a side of the connection for batching.
+// Direction names a side of the connection.
 type Direction bool
 
 // The two directions.
@@ -93,15 +101,146 @@ func (c *Conn) side(d Direction) *side {
 	return &c.client
 }
 
-// Begin starts a batch of lines read at one time from one direction.
-func (c *Conn) Begin(d Direction) {
-	sd := c.side(d)
-	sd.batching, sd.now = true, c.s.now()
+// Stream observes the bytes of one direction as they flow, reassembling
+// lines however the bytes are cut. Only one Stream per direction.
+type Stream struct {
+	c  *Conn
+	sd *side
+	sc Scanner
 }
 
-// Flush adds a direction's batch to the shared stats and ends the batch.
-func (c *Conn) Flush(d Direction) {
-	sd := c.side(d)
+// Stream returns the observer of direction d, for lines of at most maxLine
+// bytes (LF excluded).
+func (c *Conn) Stream(d Direction, maxLine int) *Stream {
+	return &Stream{c: c, sd: c.side(d), sc: Scanner{max: maxLine}}
+}
+
+// Observe analyses the complete lines in b as one batch and keeps a
+// partial line for the next call. On ErrLineTooLong the lines before the
+// long one are counted and the long one is not: the caller counts it
+// (Stats.Invalid) as it ends the connection.
+func (st *Stream) Observe(b []byte) error {
+	sd := st.sd
+	sd.now = st.c.s.now()
+	if len(st.sc.partial) == 0 {
+		b = sd.observeWhole(b, st.sc.max)
+	}
+	var err error
+	for {
+		var line []byte
+		var ok bool
+		if line, b, ok, err = st.sc.next(b); !ok {
+			break
+		}
+		sd.observe(line)
+	}
+	st.c.flush(sd)
+	return err
+}
+
+// observeWhole counts the complete lines at the start of b, parsing each in
+// place, and returns the rest from the first line it leaves to the scanner:
+// one without LF in b, or longer than max. It counts exactly as observe
+// does line by line (FuzzObserve checks this).
+func (sd *side) observeWhole(b []byte, max int) []byte {
+	for {
+		n := sd.observeLine(b, max)
+		if n == 0 {
+			return b
+		}
+		b = b[n:]
+	}
+}
+
+// observeLine counts the line at the start of b and returns its length
+// with the LF, or 0 if b holds no complete line of at most max bytes.
+func (sd *side) observeLine(b []byte, max int) int {
+	var t Type
+	ok := len(b) >= 5 && b[3] == ' '
+	if ok {
+		switch string(b[:3]) {
+		case "REQ":
+			t = REQ
+		case "ACK":
+			t = ACK
+		case "NAK":
+			t = NAK
+		default:
+			ok = false
+		}
+	}
+	from, end, seq := 0, 4, uint64(0) // the LF is at or after from
+	if ok {
+		for ; end < len(b) && b[end] != ' ' && b[end] != '\n'; end++ {
+			d := b[end] - '0'
+			if d > 9 || end-4 == 19 && seq > (1<<64-1-uint64(d))/10 {
+				ok = false // not a digit, or the 20th overflows
+				break
+			}
+			seq = seq*10 + uint64(d)
+		}
+		if digits := end - 4; digits == 0 || digits > 20 {
+			ok = false
+		}
+		from = min(end, len(b))
+	}
+	lf := from
+	if lf == len(b) || b[lf] != '\n' {
+		i := bytes.IndexByte(b[from:], '\n')
+		if i < 0 {
+			return 0
+		}
+		lf += i
+	}
+	if lf > max {
+		return 0
+	}
+	if !ok || (t == REQ) == sd.fromServer {
+		sd.invalid++
+		return lf + 1
+	}
+	switch t {
+	case REQ:
+		sd.req++
+	case ACK:
+		sd.ack++
+	default:
+		sd.nak++
+	}
+	sd.seqs = append(sd.seqs, seq)
+	return lf + 1
+}
+
+// End observes a last line left without LF when the direction closed.
+func (st *Stream) End() {
+	if len(st.sc.partial) == 0 {
+		return
+	}
+	st.sd.now = st.c.s.now()
+	st.sd.observe(st.sc.partial)
+	st.sc.partial = st.sc.partial[:0]
+	st.c.flush(st.sd)
+}
+
+// observe counts one line into the batch.
+func (sd *side) observe(line []byte) {
+	t, seq, _, ok := parseHead(line)
+	switch {
+	case !ok || (t == REQ) == sd.fromServer:
+		sd.invalid++
+		return
+	case t == REQ:
+		sd.req++
+	case t == ACK:
+		sd.ack++
+	default:
+		sd.nak++
+	}
+	sd.seqs = append(sd.seqs, seq)
+}
+
+// flush adds a direction's batch to the shared stats and empties it.
+func (c *Conn) flush(sd *side) {
 	s := c.s
 	if n := sd.req; n > 0 {
 		s.req.Add(n)
@@ -116,19 +255,19 @@ func (c *Conn) Flush(d Direction) {
 		s.invalid.Add(sd.invalid)
 	}
 	if len(sd.seqs) > 0 {
-		c.flushSeqs(d, sd)
+		c.flushSeqs(sd)
 	}
-	*sd = side{seqs: sd.seqs[:0], lat: sd.lat}
+	sd.req, sd.ack, sd.nak, sd.invalid, sd.seqs = 0, 0, 0, 0, sd.seqs[:0]
 }
 
 // flushSeqs records a batch of request Seqs, or matches a batch of answers
 // against them for latency, under one lock per batch.
-func (c *Conn) flushSeqs(d Direction, sd *side) {
+func (c *Conn) flushSeqs(sd *side) {
 	lat := sd.lat[:0]
 	now := max(sd.now.Sub(c.opened), 0)
 	c.mu.Lock()
 	for _, seq := range sd.seqs {
-		if d == FromClient {
+		if !sd.fromServer {
 			c.pending.add(seq, now)
 		} else if sent, ok := c.pending.take(seq); ok {
 			lat = append(lat, now-sent)
@@ -148,46 +287,15 @@ func (c *Conn) flushSeqs(d Direction, sd *side) {
 }
 
 // ClientLine observes one line the client sent (without LF).
-func (c *Conn) ClientLine(line []byte) {
-	sd := &c.client
-	single := !sd.batching
-	if single {
-		c.Begin(FromClient)
-	}
-	m, ok := parseLine(line)
-	if !ok || m.Type != REQ {
-		sd.invalid++
-	} else {
-		sd.req++
-		sd.seqs = append(sd.seqs, m.Seq)
-	}
-	if single {
-		c.Flush(FromClient)
-	}
-}
+func (c *Conn) ClientLine(line []byte) { c.observeOne(&c.client, line) }
 
 // ServerLine observes one line the server sent (without LF).
-func (c *Conn) ServerLine(line []byte) {
-	sd := &c.server
-	single := !sd.batching
-	if single {
-		c.Begin(FromServer)
-	}
-	m, ok := parseLine(line)
-	switch {
-	case !ok || m.Type == REQ:
-		sd.invalid++
-	default:
-		if m.Type == ACK {
-			sd.ack++
-		} else {
-			sd.nak++
-		}
-		sd.seqs = append(sd.seqs, m.Seq)
-	}
-	if single {
-		c.Flush(FromServer)
-	}
+func (c *Conn) ServerLine(line []byte) { c.observeOne(&c.server, line) }
+
+func (c *Conn) observeOne(sd *side, line []byte) {
+	sd.now = c.s.now()
+	sd.observe(line)
+	c.flush(sd)
 }
 
 // Invalid counts a line that could not even be scanned (over the length

@@ -6,10 +6,12 @@ package footest
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +26,10 @@ type ServerOptions struct {
 	Greeting   string // a line sent before reading anything (server speaks first)
 	Reverse    int    // answer requests in reversed batches of this size
 	SplitWrite bool   // write each answer in two writes
+	// FlushEach writes every answer with its own write(2), as a server
+	// answering line by line does. Otherwise the server answers every
+	// request it has read, then flushes once, before reading again.
+	FlushEach bool
 }
 
 // Server answers REQ n with ACK n (about 88%) or NAK n <32 hex>.
@@ -62,29 +68,37 @@ func (s *Server) serve(c net.Conn) {
 	}
 	r := bufio.NewReader(c)
 	var batch []uint64
+	var line, out []byte
 	answer := func(seq uint64) {
-		line := "ACK " + strconv.FormatUint(seq, 10) + "\n"
+		out = append(out[:0], "ACK "...)
+		out = strconv.AppendUint(out, seq, 10)
 		if rand.IntN(100) >= 88 {
-			line = fmt.Sprintf("NAK %d %032x\n", seq, rand.Uint64())
+			out[0], out[1], out[2] = 'N', 'A', 'K'
+			out = appendNAKData(out, rand.Uint64())
 		}
+		out = append(out, '\n')
 		if s.opts.SplitWrite {
-			_, _ = w.WriteString(line[:len(line)/2])
+			_, _ = w.Write(out[:len(out)/2])
 			_ = w.Flush()
-			_, _ = w.WriteString(line[len(line)/2:])
-		} else {
-			_, _ = w.WriteString(line)
+			out = out[len(out)/2:]
+		}
+		_, _ = w.Write(out)
+		if s.opts.FlushEach {
+			_ = w.Flush()
 		}
 	}
 	for {
-		line, err := r.ReadString('\n')
-		if line != "" {
-			if m, perr := foo.ParseLine([]byte(strings.TrimSuffix(line, "\n"))); perr == nil && m.Type == foo.REQ {
-				batch = append(batch, m.Seq)
-			}
+		var err error
+		line, err = readLine(r, line[:0])
+		if m, perr := foo.ParseLine(bytes.TrimSuffix(line, []byte{'\n'})); perr == nil && m.Type == foo.REQ {
+			batch = append(batch, m.Seq)
 		}
-		if len(batch) > 0 && (len(batch) >= max(s.opts.Reverse, 1) || r.Buffered() == 0 || err != nil) {
-			for i := len(batch) - 1; i >= 0; i-- {
-				answer(batch[i])
+		if len(batch) > 0 && (s.opts.Reverse > 0 && len(batch) >= s.opts.Reverse || !lineBuffered(r) || err != nil) {
+			if s.opts.Reverse > 0 {
+				slices.Reverse(batch)
+			}
+			for _, seq := range batch {
+				answer(seq)
 			}
 			batch = batch[:0]
 			_ = w.Flush()
@@ -93,6 +107,35 @@ func (s *Server) serve(c net.Conn) {
 			return
 		}
 	}
+}
+
+// readLine appends the next line, LF included, to buf; at EOF the last
+// bytes without LF.
+func readLine(r *bufio.Reader, buf []byte) ([]byte, error) {
+	for {
+		b, err := r.ReadSlice('\n')
+		buf = append(buf, b...)
+		if err != bufio.ErrBufferFull {
+			return buf, err
+		}
+	}
+}
+
+// appendNAKData appends " " and 32 hex digits.
+func appendNAKData(b []byte, x uint64) []byte {
+	b = append(b, " 0000000000000000"...)
+	const hex = "0123456789abcdef"
+	for shift := 60; shift >= 0; shift -= 4 {
+		b = append(b, hex[x>>uint(shift)&0xf])
+	}
+	return b
+}
+
+// lineBuffered reports whether r holds a complete line: the server answers
+// every request it can read without blocking, then flushes.
+func lineBuffered(r *bufio.Reader) bool {
+	b, _ := r.Peek(r.Buffered())
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 // Counts are what a client saw.
@@ -211,8 +254,10 @@ func loadOne(addr string, n int) error {
 	werr := make(chan error, 1)
 	go func() {
 		w := bufio.NewWriterSize(c, 64<<10)
+		var line []byte
 		for i := 1; i <= n; i++ {
-			if _, err := fmt.Fprintf(w, "REQ %d abcdefghijklmnop\n", i); err != nil {
+			line = append(strconv.AppendUint(append(line[:0], "REQ "...), uint64(i), 10), " abcdefghijklmnop\n"...)
+			if _, err := w.Write(line); err != nil {
 				werr <- err
 				return
 			}

@@ -116,26 +116,19 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	return nil
 }
 
-// pipe copies src to dst, passing every line to the analyzer as it flows,
-// one batch per read. At src's EOF a final line without LF is observed too
-// and dst is half-closed. A line over max_line is counted invalid and ends
-// the connection.
+// pipe copies src to dst, passing every read to the analyser as it flows.
+// At src's EOF a final line without LF is observed too and dst is
+// half-closed. A line over max_line is counted invalid and ends the
+// connection.
 func (h *Handler) pipe(dst io.Writer, src io.Reader, conn *foo.Conn, dir foo.Direction) error {
-	observe := conn.ClientLine
-	if dir == foo.FromServer {
-		observe = conn.ServerLine
-	}
-	sc := foo.NewScanner(h.MaxLine)
+	st := conn.Stream(dir, h.MaxLine)
 	buf := make([]byte, 32<<10)
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			// Observe before forwarding: a request's Seq must be recorded
 			// before its answer can come back on the other direction.
-			conn.Begin(dir)
-			err := sc.Feed(buf[:n], observe)
-			conn.Flush(dir)
-			if err != nil {
+			if err := st.Observe(buf[:n]); err != nil {
 				h.set.Stats.Invalid()
 				closeBoth(dst, src)
 				return err
@@ -146,9 +139,7 @@ func (h *Handler) pipe(dst io.Writer, src io.Reader, conn *foo.Conn, dir foo.Dir
 			}
 		}
 		if rerr == io.EOF {
-			conn.Begin(dir)
-			sc.Flush(observe)
-			conn.Flush(dir)
+			st.End()
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()
 			}
