@@ -49,16 +49,14 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 				"upstreams": []any{map[string]any{"dial": []string{srv.Addr}}}}},
 		}}},
 	}}}}
-	caddy := startBenchCaddy(b, cfg)
+	startBenchCaddy(b, cfg)
 	p := paths{direct: srv.Addr, prelude: prelude, l4proxy: l4proxy}
 	perConn := requests / conns
-	msgs, took, cpu := map[string]int{}, map[string]time.Duration{}, map[string]time.Duration{}
+	msgs, took := map[string]int{}, map[string]time.Duration{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, path := range p.each() {
-			cpu0 := caddy.CPUTime()
 			n, d, err := footest.Load(path[1], conns, perConn)
-			cpu[path[0]] += caddy.CPUTime() - cpu0
 			if err != nil {
 				b.Fatalf("%s: %v", path[0], err)
 			}
@@ -74,11 +72,5 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 	}
 	b.ReportMetric(rate["prelude"]/rate["direct"], "prelude/direct")
 	b.ReportMetric(rate["l4proxy"]/rate["direct"], "l4proxy/direct")
-	// CPU each proxy adds per message: Caddy's CPU time (in process, the
-	// whole process's) while a path runs, less direct's, per message.
-	over := func(name string) float64 {
-		return float64((cpu[name] - cpu["direct"]).Nanoseconds()) / float64(msgs[name])
-	}
-	b.ReportMetric(over("prelude"), "prelude-cpu-ns/msg")
-	b.ReportMetric(over("l4proxy"), "l4proxy-cpu-ns/msg")
+
 }
