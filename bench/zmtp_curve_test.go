@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyprelude/prelude/internal/e2e"
 )
@@ -17,6 +18,9 @@ const pyPeer = "../modules/l4zmtp/testdata/peer.py"
 // ends (python3-zmq): 2000 pipelined 64 KiB messages echoed by a CURVE
 // ROUTER, per path, one after the other in every iteration. The peers'
 // encryption dominates; what it shows is what each proxy costs on top.
+// It also reports the CPU time each path takes in all (client, worker and
+// Caddy) per GB relayed: where direct already keeps both CPUs busy, the
+// throughput a path can reach is bounded by direct's CPU over its own.
 func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 	if err := exec.Command("/usr/bin/python3", "-c", "import zmq").Run(); err != nil {
 		b.Fatalf("python3-zmq is required (make bench installs it): %v", err)
@@ -38,7 +42,7 @@ func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 		b.Fatalf("worker: %q", line)
 	}
 	prelude, l4proxy := e2e.FreePort(b), e2e.FreePort(b)
-	startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+	caddy := startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
 		"prelude": map[string]any{"listen": []string{prelude}, "routes": []any{map[string]any{
 			"match":  []any{map[string]any{"zmtp": map[string]any{}}},
 			"handle": []any{map[string]any{"handler": "zmtp", "to": []string{worker}}},
@@ -50,14 +54,21 @@ func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 	}}}})
 	const n, size = 2000, 64 << 10
 	secs := map[string]float64{}
+	cpu, caddyCPU := map[string]time.Duration{}, map[string]time.Duration{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, path := range (paths{direct: worker, prelude: prelude, l4proxy: l4proxy}).each() {
-			out, err := exec.Command("/usr/bin/python3", pyPeer, "throughput", path[1], "CURVE",
-				strconv.Itoa(n), strconv.Itoa(size), pub).Output()
+			proxy0 := caddy.CPUTime()
+			others := e2e.ProcessCPU(cmd.Process.Pid) + proxy0
+			client := exec.Command("/usr/bin/python3", pyPeer, "throughput", path[1], "CURVE",
+				strconv.Itoa(n), strconv.Itoa(size), pub)
+			out, err := client.Output()
 			if err != nil {
 				b.Fatalf("%s: %v %s", path[0], err, out)
 			}
+			cpu[path[0]] += client.ProcessState.UserTime() + client.ProcessState.SystemTime() +
+				e2e.ProcessCPU(cmd.Process.Pid) + caddy.CPUTime() - others
+			caddyCPU[path[0]] += caddy.CPUTime() - proxy0
 			s, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
 			if err != nil {
 				b.Fatalf("%s: %q", path[0], out)
@@ -73,4 +84,12 @@ func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 	}
 	b.ReportMetric(mbps["prelude"]/mbps["direct"], "prelude/direct")
 	b.ReportMetric(mbps["l4proxy"]/mbps["direct"], "l4proxy/direct")
+	gb := float64(b.N) * 2 * n * size / 1e9
+	for name, t := range cpu {
+		b.ReportMetric(t.Seconds()/gb, name+"-cpu-s/GB")
+		if name != "direct" {
+			b.ReportMetric(caddyCPU[name].Seconds()/gb, name+"-caddy-cpu-s/GB")
+		}
+	}
+	b.ReportMetric(float64(cpu["direct"])/float64(cpu["prelude"]), "prelude-cpu-bound")
 }

@@ -86,7 +86,13 @@ func (c *Caddy) CPUTime() time.Duration {
 		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(c.pid) + "/stat")
+	return ProcessCPU(c.pid)
+}
+
+// ProcessCPU is the user and system CPU time of process pid so far, from
+// /proc/<pid>/stat (clock ticks of 10 ms), or 0 if it cannot be read.
+func ProcessCPU(pid int) time.Duration {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0
 	}
