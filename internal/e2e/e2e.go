@@ -162,6 +162,19 @@ func (c *Caddy) checkLeaks(t testing.TB) {
 			t.Errorf("a secret appears in the logs:\n%s", logs)
 		}
 	}
+	if t.Failed() {
+		t.Logf("last lines of the Caddy log (secrets redacted):\n%s", c.logTail(60))
+	}
+}
+
+// logTail returns the log's last n lines with every NoLeak secret replaced.
+func (c *Caddy) logTail(n int) string {
+	lines := strings.Split(strings.TrimRight(c.Logs(), "\n"), "\n")
+	tail := strings.Join(lines[max(0, len(lines)-n):], "\n")
+	for _, s := range c.secrets {
+		tail = strings.ReplaceAll(tail, s, "[secret]")
+	}
+	return tail
 }
 
 // Layer4 builds the "apps" part of a config with one layer4 server listening
