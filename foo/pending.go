@@ -93,6 +93,9 @@ func (p *pending) take(seq uint64) (time.Duration, bool) {
 // find returns the queue index holding seq, answered or not.
 func (p *pending) find(seq uint64) (int, bool) {
 	q := p.queue[p.head:]
+	if len(q) == 0 || seq < q[0].seq || seq > q[len(q)-1].seq {
+		return 0, false
+	}
 	i, ok := slices.BinarySearchFunc(q, seq, func(e pendingEntry, s uint64) int {
 		switch {
 		case e.seq < s:

@@ -122,20 +122,32 @@ func (c *Conn) Stream(d Direction, maxLine int) *Stream {
 func (st *Stream) Observe(b []byte) error {
 	sd := st.sd
 	sd.now = st.c.s.now()
-	if len(st.sc.partial) == 0 {
-		b = sd.observeWhole(b, st.sc.max)
-	}
-	var err error
-	for {
-		var line []byte
-		var ok bool
-		if line, b, ok, err = st.sc.next(b); !ok {
-			break
-		}
-		sd.observe(line)
-	}
+	err := st.observe(b)
 	st.c.flush(sd)
 	return err
+}
+
+// observe counts the lines of b: a line begun in an earlier read through
+// the scanner, then whole lines in place, then the scanner again for
+// what observeWhole leaves (a partial or too long line).
+func (st *Stream) observe(b []byte) error {
+	if len(st.sc.partial) > 0 {
+		line, rest, ok, err := st.sc.next(b)
+		if !ok {
+			return err
+		}
+		st.sd.observe(line)
+		b = rest
+	}
+	b = st.sd.observeWhole(b, st.sc.max)
+	for {
+		line, rest, ok, err := st.sc.next(b)
+		if !ok {
+			return err
+		}
+		st.sd.observe(line)
+		b = rest
+	}
 }
 
 // observeWhole counts the complete lines at the start of b, parsing each in
