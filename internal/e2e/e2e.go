@@ -56,17 +56,28 @@ var portIP = func() string {
 }()
 
 // FreePort returns a loopback host:port nobody listens on right now, on
-// this process's own loopback address.
+// this process's own loopback address, and never the same one twice in a
+// process. Caddy binds with SO_REUSEPORT: had two callers been given one
+// port (the kernel may hand a just-freed port out again), two Caddy
+// listeners would share it and the kernel would split connections between
+// them — once seen as an AMQP client reaching the admin API, which
+// answered its header with HTTP 408 after 5 s.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", portIP+":0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", portIP+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		if _, dup := givenPorts.LoadOrStore(addr, true); !dup {
+			return addr
+		}
 	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
 }
+
+var givenPorts sync.Map // host:port -> true, every address FreePort returned
 
 // Caddy is an in-process Caddy started from a JSON config.
 type Caddy struct {
