@@ -60,7 +60,7 @@ func ParseLine(line []byte) (Msg, error) {
 // parseLine is ParseLine without building an error.
 func parseLine(line []byte) (Msg, bool) {
 	t, seq, end, ok := parseHead(line)
-	if !ok {
+	if !ok || end < len(line) && line[end] != ' ' {
 		return Msg{}, false
 	}
 	m := Msg{Type: t, Seq: seq}
@@ -70,13 +70,15 @@ func parseLine(line []byte) (Msg, bool) {
 	return m, true
 }
 
-// parseHead parses a line's Type and Seq and returns where the Seq ends:
-// the analyser's hot path. Seq is 1 to 20 digits and must fit a uint64.
-func parseHead(line []byte) (t Type, seq uint64, end int, ok bool) {
-	if len(line) < 5 || line[3] != ' ' {
+// parseHead parses the Type and Seq at the start of b, a line with or
+// without its LF and what follows, and returns where the Seq ends: at a
+// space, an LF or the end of b. Seq is 1 to 20 digits and must fit a
+// uint64. b holds no LF before end, whether or not the head parsed.
+func parseHead(b []byte) (t Type, seq uint64, end int, ok bool) {
+	if len(b) < 5 || b[3] != ' ' {
 		return 0, 0, 0, false
 	}
-	switch string(line[:3]) {
+	switch string(b[:3]) {
 	case "REQ":
 		t = REQ
 	case "ACK":
@@ -86,15 +88,15 @@ func parseHead(line []byte) (t Type, seq uint64, end int, ok bool) {
 	default:
 		return 0, 0, 0, false
 	}
-	for end = 4; end < len(line) && line[end] != ' '; end++ {
-		d := line[end] - '0'
+	for end = 4; end < len(b) && b[end] != ' ' && b[end] != '\n'; end++ {
+		d := b[end] - '0'
 		if d > 9 || end-4 == 19 && seq > (1<<64-1-uint64(d))/10 {
-			return 0, 0, 0, false // not a digit, or the 20th overflows
+			return 0, 0, end, false // not a digit, or the 20th overflows
 		}
 		seq = seq*10 + uint64(d)
 	}
 	if digits := end - 4; digits == 0 || digits > 20 {
-		return 0, 0, 0, false
+		return 0, 0, end, false
 	}
 	return t, seq, end, true
 }

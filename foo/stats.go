@@ -167,38 +167,10 @@ func (sd *side) observeWhole(b []byte, max int) []byte {
 // observeLine counts the line at the start of b and returns its length
 // with the LF, or 0 if b holds no complete line of at most max bytes.
 func (sd *side) observeLine(b []byte, max int) int {
-	var t Type
-	ok := len(b) >= 5 && b[3] == ' '
-	if ok {
-		switch string(b[:3]) {
-		case "REQ":
-			t = REQ
-		case "ACK":
-			t = ACK
-		case "NAK":
-			t = NAK
-		default:
-			ok = false
-		}
-	}
-	from, end, seq := 0, 4, uint64(0) // the LF is at or after from
-	if ok {
-		for ; end < len(b) && b[end] != ' ' && b[end] != '\n'; end++ {
-			d := b[end] - '0'
-			if d > 9 || end-4 == 19 && seq > (1<<64-1-uint64(d))/10 {
-				ok = false // not a digit, or the 20th overflows
-				break
-			}
-			seq = seq*10 + uint64(d)
-		}
-		if digits := end - 4; digits == 0 || digits > 20 {
-			ok = false
-		}
-		from = min(end, len(b))
-	}
-	lf := from
+	t, seq, end, ok := parseHead(b)
+	lf := end
 	if lf == len(b) || b[lf] != '\n' {
-		i := bytes.IndexByte(b[from:], '\n')
+		i := bytes.IndexByte(b[end:], '\n')
 		if i < 0 {
 			return 0
 		}
