@@ -90,6 +90,21 @@ func (p *pending) take(seq uint64) (time.Duration, bool) {
 	return 0, false
 }
 
+// seqs returns the unanswered Seqs in ascending order.
+func (p *pending) seqs() []uint64 {
+	out := make([]uint64, 0, p.live)
+	for _, e := range p.queue[p.head:] {
+		if e.at >= 0 {
+			out = append(out, e.seq)
+		}
+	}
+	for seq := range p.other {
+		out = append(out, seq)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // find returns the queue index holding seq, answered or not.
 func (p *pending) find(seq uint64) (int, bool) {
 	q := p.queue[p.head:]

@@ -1,6 +1,7 @@
 package foo
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -123,4 +124,19 @@ func FuzzPending(f *testing.F) {
 		}
 		runPending(t, ops)
 	})
+}
+
+func TestPendingSeqs(t *testing.T) {
+	var p pending
+	for _, s := range []uint64{3, 5, 7, 9, 4, 1} { // 4 and 1 fall: they go to the map
+		p.add(s, 0)
+	}
+	for _, s := range []uint64{7, 3, 4} {
+		if _, ok := p.take(s); !ok {
+			t.Fatalf("take %d", s)
+		}
+	}
+	if got := p.seqs(); !slices.Equal(got, []uint64{1, 5, 9}) {
+		t.Fatalf("outstanding %v, want [1 5 9]", got)
+	}
 }

@@ -17,6 +17,7 @@ type Stats struct {
 	now func() time.Time
 
 	req, ack, nak, invalid atomic.Uint64
+	proxyNAKs              atomic.Uint64
 	active                 atomic.Int64
 	requests, responses    Window
 
@@ -286,6 +287,23 @@ func (c *Conn) observeOne(sd *side, line []byte) {
 // limit).
 func (s *Stats) Invalid() { s.invalid.Add(1) }
 
+// ProxyNAKs counts NAKs the proxy itself sent to clients (no server
+// reachable, no answer in time). They are not server answers: msg_nak does
+// not include them.
+func (s *Stats) ProxyNAKs(n int) { s.proxyNAKs.Add(uint64(n)) }
+
+// Outstanding returns the Seqs of the connection's requests still awaiting
+// an answer, in ascending order (at most 4096 are tracked).
+func (c *Conn) Outstanding() []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pending.seqs()
+}
+
+// AtLineStart reports whether the stream is between lines: nothing of a
+// line has been observed without its LF.
+func (st *Stream) AtLineStart() bool { return len(st.sc.partial) == 0 }
+
 // Report is the stats JSON: the reference proxy's field names, plus what it
 // lacked. Rates are messages per second.
 type Report struct {
@@ -298,6 +316,7 @@ type Report struct {
 	ResponseRate1s  float64 `json:"response_rate_1s"`
 	ResponseRate10s float64 `json:"response_rate_10s"`
 	InvalidLines    uint64  `json:"invalid_lines"`
+	ProxyNAKs       uint64  `json:"proxy_naks"`
 	ActiveConns     int64   `json:"active_connections"`
 	LatencyP50ms    float64 `json:"latency_p50_ms"`
 	LatencyP90ms    float64 `json:"latency_p90_ms"`
@@ -310,7 +329,7 @@ func (s *Stats) Report() Report {
 	now := s.now()
 	r := Report{
 		MsgReq: s.req.Load(), MsgAck: s.ack.Load(), MsgNak: s.nak.Load(),
-		InvalidLines: s.invalid.Load(), ActiveConns: s.active.Load(),
+		InvalidLines: s.invalid.Load(), ProxyNAKs: s.proxyNAKs.Load(), ActiveConns: s.active.Load(),
 		RequestRate1s:   s.requests.Rate(now, time.Second),
 		RequestRate10s:  s.requests.Rate(now, 10*time.Second),
 		ResponseRate1s:  s.responses.Rate(now, time.Second),

@@ -3,6 +3,7 @@ package l4foo
 import (
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -14,6 +15,7 @@ import (
 //		stats <name>
 //		max_line <bytes>
 //		recovery <path>
+//		idle_timeout <duration>|off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // handler name
@@ -37,6 +39,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.StatsName = d.Val()
 		case "recovery":
 			h.Recovery = d.Val()
+		case "idle_timeout":
+			if d.Val() == "off" {
+				h.IdleTimeout = -1
+				break
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return d.Errf("idle_timeout: %q is not a positive duration or off", d.Val())
+			}
+			h.IdleTimeout = caddy.Duration(dur)
 		case "max_line":
 			n, err := strconv.Atoi(d.Val())
 			if err != nil || n <= 0 {

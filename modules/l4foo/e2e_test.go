@@ -16,10 +16,17 @@ import (
 	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
 )
 
-func config(listen, upstream, recovery string) map[string]any {
+// config routes Foo on listen to upstream; opts add handler options.
+func config(listen, upstream, recovery string, opts ...map[string]any) map[string]any {
+	h := map[string]any{"handler": "foo", "to": []string{upstream}, "recovery": recovery, "max_line": 1024}
+	for _, o := range opts {
+		for k, v := range o {
+			h[k] = v
+		}
+	}
 	return e2e.Layer4(listen, map[string]any{
 		"match":  []any{map[string]any{"foo": map[string]any{}}},
-		"handle": []any{map[string]any{"handler": "foo", "to": []string{upstream}, "recovery": recovery, "max_line": 1024}},
+		"handle": []any{h},
 	})
 }
 

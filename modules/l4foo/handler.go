@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -26,6 +29,10 @@ func init() {
 // closed.
 const DefaultMaxLine = 64 << 10
 
+// DefaultIdleTimeout is how long a proxied connection may pass no byte
+// either way before it is closed.
+const DefaultIdleTimeout = 5 * time.Minute
+
 // Handler proxies Foo connections to a farm while counting every line in
 // both directions. Unlike the other handlers it must see every byte, so it
 // copies through userspace instead of splicing.
@@ -39,6 +46,10 @@ type Handler struct {
 	MaxLine int `json:"max_line,omitempty"`
 	// Recovery file of the stats set. Default: under Caddy's data dir.
 	Recovery string `json:"recovery,omitempty"`
+	// How long a connection may pass no byte either way. Requests still
+	// unanswered then get a NAK from the proxy, and both sides are closed.
+	// Default 5m; a negative value disables it.
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
 
 	set    *Set
 	logger *zap.Logger
@@ -63,6 +74,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxLine < 0 {
 		return errors.New("max_line: must be positive")
+	}
+	if h.IdleTimeout == 0 {
+		h.IdleTimeout = caddy.Duration(DefaultIdleTimeout)
 	}
 	if h.Recovery == "" {
 		h.Recovery = DefaultRecoveryPath(h.StatsName)
@@ -97,7 +111,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	cancel()
 	if err != nil {
 		h.logger.Debug("foo upstream unreachable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
-		nakFirstRequest(cx, "proxy: no upstream reachable")
+		h.nakFirstRequest(cx, "proxy: no upstream reachable")
 		return nil
 	}
 	defer lease.Release()
@@ -105,51 +119,146 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	defer relay.Track()() // a graceful exit waits for this session too
 	conn := h.set.Stats.Open()
 	defer conn.Close()
+	p := &proxied{h: h, client: cx, server: lease.Conn, conn: conn,
+		answers: conn.Stream(foo.FromServer, h.MaxLine), idle: time.Duration(h.IdleTimeout)}
+	p.last.Store(time.Now().UnixNano())
 	errc := make(chan error, 1)
-	go func() { errc <- h.pipe(lease.Conn, cx, conn, foo.FromClient) }()
-	err = h.pipe(cx.Conn, lease.Conn, conn, foo.FromServer) // raw socket: CloseWrite, no wrapper
+	go func() { errc <- p.pipe(foo.FromClient) }()
+	err = p.pipe(foo.FromServer)
 	if e := <-errc; err == nil {
 		err = e
+	}
+	if p.expired.Load() {
+		relay.CloseAfterReply(cx.Conn, time.Second) // let the NAKs arrive
 	}
 	h.logger.Debug("foo connection ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", lease.Member.Addr), zap.Error(err))
 	return nil
 }
 
-// pipe copies src to dst, passing every read to the analyser as it flows.
-// At src's EOF a final line without LF is observed too and dst is
-// half-closed. A line over max_line is counted invalid and ends the
-// connection.
-func (h *Handler) pipe(dst io.Writer, src io.Reader, conn *foo.Conn, dir foo.Direction) error {
-	st := conn.Stream(dir, h.MaxLine)
+// proxied is a client connection and its server connection.
+type proxied struct {
+	h       *Handler
+	client  *layer4.Connection
+	server  net.Conn
+	conn    *foo.Conn
+	answers *foo.Stream // server to client; with toClient held
+	idle    time.Duration
+
+	toClient sync.Mutex   // writes to the client: answers, or the proxy's NAKs
+	last     atomic.Int64 // when a byte last moved either way, unix ns
+	expired  atomic.Bool
+}
+
+// errIdle ends a connection that passed no byte for idle_timeout.
+var errIdle = errors.New("idle timeout")
+
+// pipe copies one direction, passing every read to the analyser as it
+// flows. At the source's EOF a final line without LF is observed too and
+// the destination is half-closed. A line over max_line is counted invalid
+// and ends the connection; so does idle_timeout without a byte either way.
+func (p *proxied) pipe(dir foo.Direction) error {
+	var src, dst net.Conn = p.client, p.server
+	st := p.conn.Stream(foo.FromClient, p.h.MaxLine)
+	if dir == foo.FromServer {
+		src, dst, st = p.server, p.client.Conn, p.answers // raw socket: CloseWrite, no wrapper
+	}
 	buf := make([]byte, 32<<10)
+	var deadline time.Time
+	if p.idle > 0 {
+		deadline = time.Now().Add(p.idle)
+		_ = src.SetReadDeadline(deadline)
+	}
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			// Observe before forwarding: a request's Seq must be recorded
-			// before its answer can come back on the other direction.
-			if err := st.Observe(buf[:n]); err != nil {
-				h.set.Stats.Invalid()
-				closeBoth(dst, src)
-				return err
-			}
-			if _, err := dst.Write(buf[:n]); err != nil {
-				closeBoth(dst, src)
+			deadline = p.moved(src, deadline)
+			if err := p.forward(dir, st, dst, buf[:n]); err != nil {
+				if !p.expired.Load() { // else Handle closes the client after the NAKs
+					closeBoth(dst, src)
+				}
 				return err
 			}
 		}
-		if rerr == io.EOF {
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, os.ErrDeadlineExceeded) && p.idle > 0 && !p.expired.Load():
+			// Silent this way for idle_timeout; the other way may not be.
+			if next := time.Unix(0, p.last.Load()).Add(p.idle); time.Until(next) > 0 {
+				deadline = next
+				_ = src.SetReadDeadline(next)
+				continue
+			}
+			p.expire()
+			return errIdle
+		case rerr == io.EOF:
 			st.End()
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite()
 			}
 			return nil
-		}
-		if rerr != nil {
-			closeBoth(dst, src)
+		default:
+			if !p.expired.Load() {
+				closeBoth(dst, src)
+			}
 			return rerr
 		}
 	}
+}
+
+// moved records that bytes arrived now and pushes src's read deadline
+// idle_timeout ahead — at most once per half of it, as resetting a
+// deadline costs more than a clock read. It returns the deadline set.
+func (p *proxied) moved(src net.Conn, deadline time.Time) time.Time {
+	now := time.Now()
+	p.last.Store(now.UnixNano())
+	if p.idle <= 0 || deadline.Sub(now) > p.idle/2 {
+		return deadline
+	}
+	deadline = now.Add(p.idle)
+	_ = src.SetReadDeadline(deadline)
+	return deadline
+}
+
+// forward observes a read, then writes it on. Observing first matters: a
+// request's Seq must be recorded before its answer can come back.
+func (p *proxied) forward(dir foo.Direction, st *foo.Stream, dst net.Conn, b []byte) error {
+	if dir == foo.FromServer {
+		p.toClient.Lock()
+		defer p.toClient.Unlock()
+	}
+	if err := st.Observe(b); err != nil {
+		p.h.set.Stats.Invalid()
+		return err
+	}
+	_, err := dst.Write(b)
+	return err
+}
+
+// expire ends an idle connection: requests still unanswered get
+// "NAK <seq> proxy: no answer within <idle_timeout>" — unless the server
+// left the client in the middle of a line — then the server side closes
+// and the client's reader stops; Handle closes the client after the NAKs.
+func (p *proxied) expire() {
+	if !p.expired.CompareAndSwap(false, true) {
+		return
+	}
+	p.toClient.Lock()
+	if seqs := p.conn.Outstanding(); len(seqs) > 0 && p.answers.AtLineStart() {
+		var b []byte
+		for _, seq := range seqs {
+			b = fmt.Appendf(b, "NAK %d proxy: no answer within %s\n", seq, p.idle)
+		}
+		_ = p.client.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := p.client.Conn.Write(b); err == nil {
+			p.h.set.Stats.ProxyNAKs(len(seqs))
+		}
+	}
+	p.toClient.Unlock()
+	p.h.logger.Debug("foo connection idle", zap.String("remote", p.client.RemoteAddr().String()),
+		zap.Duration("idle_timeout", p.idle))
+	_ = p.server.Close()
+	_ = p.client.SetReadDeadline(time.Now())
 }
 
 func closeBoth(a, b any) {
@@ -170,7 +279,7 @@ var (
 // nakFirstRequest answers the client's first request, if it sent one within
 // a second, with "NAK <seq> <reason>" — the protocol's own way to say no —
 // then closes without a reset.
-func nakFirstRequest(cx *layer4.Connection, reason string) {
+func (h *Handler) nakFirstRequest(cx *layer4.Connection, reason string) {
 	_ = cx.SetReadDeadline(time.Now().Add(time.Second))
 	seq, _, err := readprelude.Read(cx, func(b []byte) (uint64, int, error) {
 		ok, seq, err := foo.MatchFirstLine(b)
@@ -184,6 +293,7 @@ func nakFirstRequest(cx *layer4.Connection, reason string) {
 	}
 	_ = cx.SetWriteDeadline(time.Now().Add(time.Second))
 	if _, err := fmt.Fprintf(cx, "NAK %d %s\n", seq, reason); err == nil {
+		h.set.Stats.ProxyNAKs(1)
 		relay.CloseAfterReply(cx.Conn, time.Second)
 	}
 }

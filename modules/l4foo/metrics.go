@@ -15,6 +15,8 @@ var (
 		"Foo messages seen, by stats set and type (req, ack, nak); restored across restarts.", []string{"stats", "type"}, nil)
 	descInvalid = prometheus.NewDesc("caddy_layer4_foo_invalid_lines_total",
 		"Lines that were not a message for their direction, or over max_line.", []string{"stats"}, nil)
+	descProxyNAKs = prometheus.NewDesc("caddy_layer4_foo_proxy_naks_total",
+		"NAKs the proxy sent clients itself: no server reachable, or no answer within idle_timeout.", []string{"stats"}, nil)
 	descActive = prometheus.NewDesc("caddy_layer4_foo_connections_active",
 		"Connections being proxied.", []string{"stats"}, nil)
 	descRate = prometheus.NewDesc("caddy_layer4_foo_rate_per_second",
@@ -24,7 +26,7 @@ var (
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMessages, descInvalid, descActive, descRate, descLatency} {
+	for _, d := range []*prometheus.Desc{descMessages, descInvalid, descProxyNAKs, descActive, descRate, descLatency} {
 		ch <- d
 	}
 }
@@ -39,6 +41,7 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 		c(descMessages, prometheus.CounterValue, float64(r.MsgAck), "ack")
 		c(descMessages, prometheus.CounterValue, float64(r.MsgNak), "nak")
 		c(descInvalid, prometheus.CounterValue, float64(r.InvalidLines))
+		c(descProxyNAKs, prometheus.CounterValue, float64(r.ProxyNAKs))
 		c(descActive, prometheus.GaugeValue, float64(r.ActiveConns))
 		c(descRate, prometheus.GaugeValue, r.RequestRate1s, "request", "1s")
 		c(descRate, prometheus.GaugeValue, r.RequestRate10s, "request", "10s")

@@ -1,0 +1,104 @@
+package l4foo_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyprelude/prelude/foo"
+	"github.com/caddyprelude/prelude/internal/e2e"
+)
+
+// answerOdd is a server that answers odd Seqs only, as one that hangs on
+// some requests would.
+func answerOdd(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			_, _ = io.Copy(io.Discard, r) // hold the connection until the proxy closes it
+			return
+		}
+		if m, err := foo.ParseLine([]byte(strings.TrimSuffix(line, "\n"))); err == nil && m.Seq%2 == 1 {
+			_, _ = fmt.Fprintf(c, "ACK %d\n", m.Seq)
+		}
+	}
+}
+
+// TestIdleTimeoutNAKsWhatIsOutstanding: requests keep the connection alive
+// while they flow; once nothing moves for idle_timeout, the proxy NAKs the
+// requests the server never answered, saying why, and closes.
+func TestIdleTimeoutNAKsWhatIsOutstanding(t *testing.T) {
+	server := e2e.ServeTCP(t, answerOdd)
+	addr := e2e.FreePort(t)
+	cfg := config(addr, server, filepath.Join(t.TempDir(), "foo.json"), map[string]any{"idle_timeout": "300ms"})
+	c := e2e.StartCaddy(t, cfg)
+
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	// Ten requests 100 ms apart: a second in all, over three idle timeouts.
+	for seq := 1; seq <= 10; seq++ {
+		if _, err := fmt.Fprintf(conn, "REQ %d x\n", seq); err != nil {
+			t.Fatalf("request %d: the connection was closed while requests flowed: %v", seq, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	last := time.Now()
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("reading answers: %v (got %q)", err, got)
+	}
+	waited := time.Since(last)
+	var want strings.Builder
+	for seq := 1; seq <= 10; seq += 2 {
+		fmt.Fprintf(&want, "ACK %d\n", seq)
+	}
+	for seq := 2; seq <= 10; seq += 2 {
+		fmt.Fprintf(&want, "NAK %d proxy: no answer within 300ms\n", seq)
+	}
+	if string(got) != want.String() {
+		t.Fatalf("client got:\n%s\nwant:\n%s", got, want.String())
+	}
+	if waited > 2*time.Second {
+		t.Fatalf("the NAKs came %v after the last request; idle_timeout is 300ms", waited)
+	}
+	r := waitIdle(t, c)
+	if r.MsgReq != 10 || r.MsgAck != 5 || r.MsgNak != 0 || r.ProxyNAKs != 5 || r.InvalidLines != 0 {
+		t.Fatalf("stats %+v: want 10 requests, 5 server ACKs, 5 proxy NAKs", r)
+	}
+	c.WaitMetric(t, `caddy_layer4_foo_proxy_naks_total{stats="default"} 5`)
+}
+
+// TestIdleTimeoutClosesASilentConnection: with nothing outstanding the
+// proxy just closes, after about idle_timeout.
+func TestIdleTimeoutClosesASilentConnection(t *testing.T) {
+	server := e2e.ServeTCP(t, answerOdd)
+	addr := e2e.FreePort(t)
+	cfg := config(addr, server, filepath.Join(t.TempDir(), "foo.json"), map[string]any{"idle_timeout": "200ms"})
+	e2e.StartCaddy(t, cfg)
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	_, _ = conn.Write([]byte("REQ 1 x\n"))
+	got, err := io.ReadAll(conn)
+	if err != nil || string(got) != "ACK 1\n" {
+		t.Fatalf("got %q, %v; want the server's ACK, then the close", got, err)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("closed after %v with idle_timeout 200ms", took)
+	}
+}
