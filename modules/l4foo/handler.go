@@ -146,6 +146,7 @@ type proxied struct {
 	idle    time.Duration
 
 	toClient sync.Mutex   // writes to the client: answers, or the proxy's NAKs
+	torn     bool         // with toClient: a write to the client failed, maybe mid-line
 	last     atomic.Int64 // when a byte last moved either way, unix ns
 	expired  atomic.Bool
 }
@@ -232,6 +233,9 @@ func (p *proxied) forward(dir foo.Direction, st *foo.Stream, dst net.Conn, b []b
 		return err
 	}
 	_, err := dst.Write(b)
+	if err != nil && dir == foo.FromServer {
+		p.torn = true
+	}
 	return err
 }
 
@@ -243,8 +247,11 @@ func (p *proxied) expire() {
 	if !p.expired.CompareAndSwap(false, true) {
 		return
 	}
+	// An answer stuck in a write to a client that stopped reading holds
+	// toClient: make it give up.
+	_ = p.client.SetWriteDeadline(time.Now().Add(time.Second))
 	p.toClient.Lock()
-	if seqs := p.conn.Outstanding(); len(seqs) > 0 && p.answers.AtLineStart() {
+	if seqs := p.conn.Outstanding(); len(seqs) > 0 && p.answers.AtLineStart() && !p.torn {
 		var b []byte
 		for _, seq := range seqs {
 			b = fmt.Appendf(b, "NAK %d proxy: no answer within %s\n", seq, p.idle)
