@@ -169,12 +169,18 @@ func (p *proxied) pipe(dir foo.Direction) error {
 	if p.idle > 0 {
 		deadline = time.Now().Add(p.idle)
 		_ = src.SetReadDeadline(deadline)
+		_ = dst.SetWriteDeadline(deadline)
 	}
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			deadline = p.moved(src, deadline)
-			if err := p.forward(dir, st, dst, buf[:n]); err != nil {
+			deadline = p.moved(src, dst, deadline)
+			err := p.forward(dir, st, dst, buf[:n])
+			if errors.Is(err, os.ErrDeadlineExceeded) && p.idle > 0 {
+				p.expire() // the other side took nothing for idle_timeout
+				return errIdle
+			}
+			if err != nil {
 				if !p.expired.Load() { // else Handle closes the client after the NAKs
 					closeBoth(dst, src)
 				}
@@ -207,10 +213,11 @@ func (p *proxied) pipe(dir foo.Direction) error {
 	}
 }
 
-// moved records that bytes arrived now and pushes src's read deadline
-// idle_timeout ahead — at most once per half of it, as resetting a
-// deadline costs more than a clock read. It returns the deadline set.
-func (p *proxied) moved(src net.Conn, deadline time.Time) time.Time {
+// moved records that bytes arrived now and pushes the read deadline of src
+// and the write deadline of dst idle_timeout ahead — at most once per half
+// of it, as resetting deadlines costs more than a clock read. It returns
+// the deadline set.
+func (p *proxied) moved(src, dst net.Conn, deadline time.Time) time.Time {
 	now := time.Now()
 	p.last.Store(now.UnixNano())
 	if p.idle <= 0 || deadline.Sub(now) > p.idle/2 {
@@ -218,6 +225,7 @@ func (p *proxied) moved(src net.Conn, deadline time.Time) time.Time {
 	}
 	deadline = now.Add(p.idle)
 	_ = src.SetReadDeadline(deadline)
+	_ = dst.SetWriteDeadline(deadline)
 	return deadline
 }
 
@@ -227,6 +235,9 @@ func (p *proxied) forward(dir foo.Direction, st *foo.Stream, dst net.Conn, b []b
 	if dir == foo.FromServer {
 		p.toClient.Lock()
 		defer p.toClient.Unlock()
+		if p.expired.Load() {
+			return errIdle // the client already has the proxy's NAKs
+		}
 	}
 	if err := st.Observe(b); err != nil {
 		p.h.set.Stats.Invalid()

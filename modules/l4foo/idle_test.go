@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyprelude/prelude/foo"
+	"github.com/caddyprelude/prelude/foo/footest"
 	"github.com/caddyprelude/prelude/internal/e2e"
 )
 
@@ -100,5 +101,35 @@ func TestIdleTimeoutClosesASilentConnection(t *testing.T) {
 	}
 	if took := time.Since(start); took < 200*time.Millisecond || took > 2*time.Second {
 		t.Fatalf("closed after %v with idle_timeout 200ms", took)
+	}
+}
+
+// TestIdleTimeoutEndsAClientThatStopsReading: answers back up behind a
+// client that no longer reads; once nothing has moved for idle_timeout the
+// proxy gives up on the stuck write and ends the connection.
+func TestIdleTimeoutEndsAClientThatStopsReading(t *testing.T) {
+	srv := footest.StartServer(t, footest.ServerOptions{})
+	addr := e2e.FreePort(t)
+	c := e2e.StartCaddy(t, config(addr, srv.Addr, filepath.Join(t.TempDir(), "foo.json"), map[string]any{"idle_timeout": "300ms"}))
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(4096)
+	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	w := bufio.NewWriter(conn)
+	for seq := 1; ; seq++ { // until the proxy stops taking requests
+		if _, err := fmt.Fprintf(w, "REQ %d %s\n", seq, strings.Repeat("x", 64)); err != nil {
+			break
+		}
+		if seq > 2_000_000 {
+			t.Fatal("the proxy kept taking requests from a client that reads nothing")
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); stats(t, c).ActiveConns != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the connection is still open 5 s after its client stopped reading: %+v", stats(t, c))
+		}
 	}
 }
