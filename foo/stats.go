@@ -120,9 +120,13 @@ func (c *Conn) Stream(d Direction, maxLine int) *Stream {
 // partial line for the next call. On ErrLineTooLong the lines before the
 // long one are counted and the long one is not: the caller counts it
 // (Stats.Invalid) as it ends the connection.
-func (st *Stream) Observe(b []byte) error {
+func (st *Stream) Observe(b []byte) error { return st.ObserveAt(b, st.c.s.now()) }
+
+// ObserveAt is Observe for bytes read at now, for a caller that already
+// read the clock (the Stats' own clock is not consulted).
+func (st *Stream) ObserveAt(b []byte, now time.Time) error {
 	sd := st.sd
-	sd.now = st.c.s.now()
+	sd.now = now
 	err := st.observe(b)
 	st.c.flush(sd)
 	return err

@@ -174,8 +174,9 @@ func (p *proxied) pipe(dir foo.Direction) error {
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			deadline = p.moved(src, dst, deadline)
-			err := p.forward(dir, st, dst, buf[:n])
+			now := time.Now()
+			deadline = p.moved(src, dst, deadline, now)
+			err := p.forward(dir, st, dst, buf[:n], now)
 			if errors.Is(err, os.ErrDeadlineExceeded) && p.idle > 0 {
 				p.expire() // the other side took nothing for idle_timeout
 				return errIdle
@@ -213,12 +214,11 @@ func (p *proxied) pipe(dir foo.Direction) error {
 	}
 }
 
-// moved records that bytes arrived now and pushes the read deadline of src
+// moved records that bytes arrived at now and pushes the read deadline of src
 // and the write deadline of dst idle_timeout ahead — at most once per half
 // of it, as resetting deadlines costs more than a clock read. It returns
 // the deadline set.
-func (p *proxied) moved(src, dst net.Conn, deadline time.Time) time.Time {
-	now := time.Now()
+func (p *proxied) moved(src, dst net.Conn, deadline, now time.Time) time.Time {
 	p.last.Store(now.UnixNano())
 	if p.idle <= 0 || deadline.Sub(now) > p.idle/2 {
 		return deadline
@@ -229,9 +229,9 @@ func (p *proxied) moved(src, dst net.Conn, deadline time.Time) time.Time {
 	return deadline
 }
 
-// forward observes a read, then writes it on. Observing first matters: a
+// forward observes a read made at now, then writes it on. Observing first matters: a
 // request's Seq must be recorded before its answer can come back.
-func (p *proxied) forward(dir foo.Direction, st *foo.Stream, dst net.Conn, b []byte) error {
+func (p *proxied) forward(dir foo.Direction, st *foo.Stream, dst net.Conn, b []byte, now time.Time) error {
 	if dir == foo.FromServer {
 		p.toClient.Lock()
 		defer p.toClient.Unlock()
@@ -239,7 +239,7 @@ func (p *proxied) forward(dir foo.Direction, st *foo.Stream, dst net.Conn, b []b
 			return errIdle // the client already has the proxy's NAKs
 		}
 	}
-	if err := st.Observe(b); err != nil {
+	if err := st.ObserveAt(b, now); err != nil {
 		p.h.set.Stats.Invalid()
 		return err
 	}
