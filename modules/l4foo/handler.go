@@ -18,6 +18,7 @@ import (
 	"github.com/caddyprelude/prelude/foo"
 	"github.com/caddyprelude/prelude/modules/farm"
 	"github.com/caddyprelude/prelude/modules/internal/readprelude"
+	"github.com/caddyprelude/prelude/modules/internal/tcpinfo"
 	"github.com/caddyprelude/prelude/modules/relay"
 )
 
@@ -129,7 +130,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 		err = e
 	}
 	if p.expired.Load() {
-		relay.CloseAfterReply(cx.Conn, time.Second) // let the NAKs arrive
+		closeIdle(cx.Conn, p.torn)
 	}
 	h.logger.Debug("foo connection ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", lease.Member.Addr), zap.Error(err))
@@ -277,6 +278,26 @@ func (p *proxied) expire() {
 		zap.Duration("idle_timeout", p.idle))
 	_ = p.server.Close()
 	_ = p.client.SetReadDeadline(time.Now())
+}
+
+// closeIdle ends an idle client connection. Normally it half-closes and
+// gives the client a second to read the NAKs (relay.CloseAfterReply). But a
+// client that does not take what was written to it (torn: a write to it
+// failed; or bytes still unacknowledged after that second) would be left
+// blocked in its own writes behind our FIN and its zero window: it gets a
+// TCP reset instead, the only thing it can still receive.
+func closeIdle(c net.Conn, torn bool) {
+	if !torn {
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+	}
+	if tc, ok := c.(*net.TCPConn); ok && (torn || tcpinfo.Unsent(c) > 0) {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
 }
 
 func closeBoth(a, b any) {

@@ -2,9 +2,11 @@ package l4foo_test
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,7 +40,7 @@ func answerOdd(c net.Conn) {
 func TestIdleTimeoutNAKsWhatIsOutstanding(t *testing.T) {
 	server := e2e.ServeTCP(t, answerOdd)
 	addr := e2e.FreePort(t)
-	cfg := config(addr, server, filepath.Join(t.TempDir(), "foo.json"), map[string]any{"idle_timeout": "300ms"})
+	cfg := config(addr, server, filepath.Join(t.TempDir(), "foo.json"), map[string]any{"idle_timeout": "800ms"})
 	c := e2e.StartCaddy(t, cfg)
 
 	conn, err := net.Dial("tcp", addr)
@@ -46,38 +48,42 @@ func TestIdleTimeoutNAKsWhatIsOutstanding(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	// Ten requests 100 ms apart: a second in all, over three idle timeouts.
-	for seq := 1; seq <= 10; seq++ {
+	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
+	// Twenty requests 100 ms apart: two seconds in all, over two idle
+	// timeouts, with 700 ms to spare for a slow machine between two of them.
+	var last time.Time
+	for seq := 1; seq <= 20; seq++ {
+		if seq > 1 {
+			time.Sleep(100 * time.Millisecond)
+		}
 		if _, err := fmt.Fprintf(conn, "REQ %d x\n", seq); err != nil {
 			t.Fatalf("request %d: the connection was closed while requests flowed: %v", seq, err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		last = time.Now()
 	}
-	last := time.Now()
 	got, err := io.ReadAll(conn)
 	if err != nil {
 		t.Fatalf("reading answers: %v (got %q)", err, got)
 	}
 	waited := time.Since(last)
 	var want strings.Builder
-	for seq := 1; seq <= 10; seq += 2 {
+	for seq := 1; seq <= 20; seq += 2 {
 		fmt.Fprintf(&want, "ACK %d\n", seq)
 	}
-	for seq := 2; seq <= 10; seq += 2 {
-		fmt.Fprintf(&want, "NAK %d proxy: no answer within 300ms\n", seq)
+	for seq := 2; seq <= 20; seq += 2 {
+		fmt.Fprintf(&want, "NAK %d proxy: no answer within 800ms\n", seq)
 	}
 	if string(got) != want.String() {
 		t.Fatalf("client got:\n%s\nwant:\n%s", got, want.String())
 	}
-	if waited > 2*time.Second {
-		t.Fatalf("the NAKs came %v after the last request; idle_timeout is 300ms", waited)
+	if waited < 800*time.Millisecond || waited > 4*time.Second {
+		t.Fatalf("the NAKs came %v after the last request; idle_timeout is 800ms", waited)
 	}
 	r := waitIdle(t, c)
-	if r.MsgReq != 10 || r.MsgAck != 5 || r.MsgNak != 0 || r.ProxyNAKs != 5 || r.InvalidLines != 0 {
-		t.Fatalf("stats %+v: want 10 requests, 5 server ACKs, 5 proxy NAKs", r)
+	if r.MsgReq != 20 || r.MsgAck != 10 || r.MsgNak != 0 || r.ProxyNAKs != 10 || r.InvalidLines != 0 {
+		t.Fatalf("stats %+v: want 20 requests, 10 server ACKs, 10 proxy NAKs", r)
 	}
-	c.WaitMetric(t, `caddy_layer4_foo_proxy_naks_total{stats="default"} 5`)
+	c.WaitMetric(t, `caddy_layer4_foo_proxy_naks_total{stats="default"} 10`)
 }
 
 // TestIdleTimeoutClosesASilentConnection: with nothing outstanding the
@@ -119,8 +125,11 @@ func TestIdleTimeoutEndsAClientThatStopsReading(t *testing.T) {
 	_ = conn.(*net.TCPConn).SetReadBuffer(4096)
 	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	w := bufio.NewWriter(conn)
-	for seq := 1; ; seq++ { // until the proxy stops taking requests
+	for seq := 1; ; seq++ { // until the proxy ends the connection
 		if _, err := fmt.Fprintf(w, "REQ %d %s\n", seq, strings.Repeat("x", 64)); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("after 10 s the proxy still held the connection of a client that reads nothing: %+v", stats(t, c))
+			}
 			break
 		}
 		if seq > 2_000_000 {

@@ -13,7 +13,31 @@ import (
 // (less retransmissions) — for a TLS connection, the encrypted bytes — or
 // zeros where TCP_INFO is not available.
 func Bytes(c net.Conn) (received, sent uint64) {
-	for { // see through TLS and layer4 wrappers down to the socket
+	control(c, func(fd int) {
+		if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			received, sent = info.Bytes_received, info.Bytes_sent-info.Bytes_retrans
+		}
+	})
+	return received, sent
+}
+
+// Unsent returns how many bytes written to c's socket the peer has not
+// acknowledged yet (SIOCOUTQ: unsent plus unacknowledged), or 0 where it
+// cannot be read.
+func Unsent(c net.Conn) int {
+	var n int
+	control(c, func(fd int) {
+		if q, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ); err == nil {
+			n = q
+		}
+	})
+	return n
+}
+
+// control runs fn on the file descriptor of the TCP socket under c, seeing
+// through TLS and layer4 wrappers; it does nothing for other connections.
+func control(c net.Conn, fn func(fd int)) {
+	for {
 		if lc, ok := c.(*layer4.Connection); ok {
 			c = lc.Conn
 			continue
@@ -26,16 +50,11 @@ func Bytes(c net.Conn) (received, sent uint64) {
 	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return 0, 0
+		return
 	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
-		return 0, 0
+		return
 	}
-	_ = raw.Control(func(fd uintptr) {
-		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			received, sent = info.Bytes_received, info.Bytes_sent-info.Bytes_retrans
-		}
-	})
-	return received, sent
+	_ = raw.Control(func(fd uintptr) { fn(int(fd)) })
 }
