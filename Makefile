@@ -36,6 +36,8 @@ BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
 bench: test-deps build
+	@echo "== the Foo analyser alone, per message"
+	$(GO) test -run '^$$' -bench Analyze -count 3 ./foo/
 	@echo "== in process, all CPUs shared"
 	$(BENCH) $(BENCH_AMQP)
 	$(BENCH) $(BENCH_GIT)
