@@ -196,6 +196,7 @@ func (p *proxied) pipe(dir foo.Direction) error {
 			if next := time.Unix(0, p.last.Load()).Add(p.idle); time.Until(next) > 0 {
 				deadline = next
 				_ = src.SetReadDeadline(next)
+				_ = dst.SetWriteDeadline(next) // the old one may have passed
 				continue
 			}
 			p.expire()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -140,5 +141,59 @@ func TestIdleTimeoutEndsAClientThatStopsReading(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the connection is still open 5 s after its client stopped reading: %+v", stats(t, c))
 		}
+	}
+}
+
+// answerLate is a server that answers every request a second after it came.
+func answerLate(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	var mu sync.Mutex
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			time.Sleep(2 * time.Second) // let the late answers go out
+			return
+		}
+		if m, err := foo.ParseLine([]byte(strings.TrimSuffix(line, "\n"))); err == nil {
+			time.AfterFunc(time.Second, func() {
+				mu.Lock()
+				defer mu.Unlock()
+				_, _ = fmt.Fprintf(c, "ACK %d\n", m.Seq)
+			})
+		}
+	}
+}
+
+// TestIdleTimeoutSilentServerWhileClientSends: the server stays silent for
+// longer than idle_timeout while the client keeps sending; its answers must
+// still get through when they come.
+func TestIdleTimeoutSilentServerWhileClientSends(t *testing.T) {
+	server := e2e.ServeTCP(t, answerLate)
+	addr := e2e.FreePort(t)
+	c := e2e.StartCaddy(t, config(addr, server, filepath.Join(t.TempDir(), "foo.json"), map[string]any{"idle_timeout": "300ms"}))
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
+	got := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(conn); got <- string(b) }()
+	for seq := 1; seq <= 12; seq++ { // every 100 ms: the connection is never idle
+		if _, err := fmt.Fprintf(conn, "REQ %d x\n", seq); err != nil {
+			t.Fatalf("request %d: %v", seq, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var want strings.Builder
+	for seq := 1; seq <= 12; seq++ {
+		fmt.Fprintf(&want, "ACK %d\n", seq)
+	}
+	if s := <-got; s != want.String() {
+		t.Fatalf("client got:\n%s\nwant every ACK, then the idle close:\n%s", s, want.String())
+	}
+	if r := waitIdle(t, c); r.MsgAck != 12 || r.ProxyNAKs != 0 {
+		t.Fatalf("stats %+v", r)
 	}
 }
