@@ -197,3 +197,33 @@ func TestIdleTimeoutSilentServerWhileClientSends(t *testing.T) {
 		t.Fatalf("stats %+v", r)
 	}
 }
+
+// TestIdleTimeoutOff: a negative idle_timeout (Caddyfile "off") never
+// closes a silent connection.
+func TestIdleTimeoutOff(t *testing.T) {
+	server := e2e.ServeTCP(t, answerOdd)
+	addr := e2e.FreePort(t)
+	e2e.StartCaddy(t, config(addr, server, filepath.Join(t.TempDir(), "foo.json"), map[string]any{"idle_timeout": "-1s"}))
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(conn)
+	for _, seq := range []int{1, 3} {
+		if _, err := fmt.Fprintf(conn, "REQ %d x\n", seq); err != nil {
+			t.Fatal(err)
+		}
+		if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf("ACK %d\n", seq) {
+			t.Fatalf("request %d: %q, %v", seq, line, err)
+		}
+	}
+	time.Sleep(1200 * time.Millisecond) // silent for longer than |-1s|
+	if _, err := fmt.Fprintf(conn, "REQ 5 x\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := r.ReadString('\n'); err != nil || line != "ACK 5\n" {
+		t.Fatalf("after 1.2 s of silence: %q, %v", line, err)
+	}
+}
