@@ -181,37 +181,22 @@ func clientHandshake(b *testing.B, addr string) net.Conn {
 // streamBytes of body frames and closes: a broker at full speed, which no real
 // broker is, so that the proxies are what is measured.
 func startStreamingBroker(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = ln.Close() })
 	// 1 MiB of body frames at RabbitMQ's default frame_max (131072 bytes
 	// per frame), what a broker sends for large messages.
 	var chunk []byte
 	for len(chunk) < 1<<20 {
 		chunk = amqp.AppendFrame(chunk, amqp.Frame{Type: amqp.FrameBody, Channel: 1, Payload: make([]byte, 131072-8)})
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	return e2e.ServeTCP(b, func(c net.Conn) {
+		if brokerHandshake(c) != nil {
+			return
+		}
+		for sent := 0; sent < streamBytes; sent += len(chunk) {
+			if _, err := c.Write(chunk); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				if err := brokerHandshake(c); err != nil {
-					return
-				}
-				for sent := 0; sent < streamBytes; sent += len(chunk) {
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 func brokerHandshake(c net.Conn) error {

@@ -41,27 +41,11 @@ func zmtpHandshake(c net.Conn) error {
 // startEchoWorker is a ZMTP NULL worker that echoes every frame: a Go
 // peer at full speed, so that the proxies are what is measured.
 func startEchoWorker(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if zmtpHandshake(c) != nil {
-					return
-				}
-				_, _ = io.Copy(c, c) // frames come back unchanged
-			}()
+	return e2e.ServeTCP(b, func(c net.Conn) {
+		if zmtpHandshake(c) == nil {
+			_, _ = io.Copy(c, c) // frames come back unchanged
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 // frame64K is one long frame carrying 64 KiB.

@@ -289,11 +289,7 @@ func (p *proxied) expire() {
 // TCP reset instead, the only thing it can still receive.
 func closeIdle(c net.Conn, torn bool) {
 	if !torn {
-		if cw, ok := c.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		}
-		_ = c.SetReadDeadline(time.Now().Add(time.Second))
-		_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+		relay.DrainAfterReply(c, time.Second)
 	}
 	if tc, ok := c.(*net.TCPConn); ok && (torn || tcpinfo.Unsent(c) > 0) {
 		_ = tc.SetLinger(0)

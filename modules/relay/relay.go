@@ -125,12 +125,18 @@ func AwaitFirstByte(client, upstream net.Conn, timeout time.Duration) (int64, er
 // turn into a TCP reset that can destroy the answer before the client
 // reads it.
 func CloseAfterReply(c net.Conn, linger time.Duration) {
+	DrainAfterReply(c, linger)
+	_ = c.Close()
+}
+
+// DrainAfterReply is CloseAfterReply without the close: it half-closes c
+// and discards its input until EOF, 1 MiB or linger, whichever comes first.
+func DrainAfterReply(c net.Conn, linger time.Duration) {
 	if cw, ok := c.(closeWriter); ok {
 		_ = cw.CloseWrite()
 	}
 	_ = c.SetReadDeadline(time.Now().Add(linger))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
-	_ = c.Close()
 }
 
 // DrainTimeout is how long a Caddy that is exiting gracefully (SIGTERM,
