@@ -145,6 +145,7 @@ func TestHealthAndMetrics(t *testing.T) {
 		t.Fatalf("health with a dead upstream: %d %s", code, body)
 	}
 	// A client of the dead farm gets a NAK for its request, not a bare close.
+	before := stats(t, c)
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -156,4 +157,8 @@ func TestHealthAndMetrics(t *testing.T) {
 	if err != nil || string(got) != "NAK 41 proxy: no upstream reachable\n" {
 		t.Fatalf("request to a dead farm: %q, %v", got, err)
 	}
+	if r := stats(t, c); r.ProxyNAKs != 1 || r.MsgNak != before.MsgNak {
+		t.Fatalf("the proxy's own NAK is counted in proxy_naks only: before %+v, after %+v", before, r)
+	}
+	c.WaitMetric(t, `caddy_layer4_foo_proxy_naks_total{stats="default"} 1`)
 }
