@@ -147,11 +147,18 @@ type ClientOptions struct {
 	Pipelined  bool // send every REQ before reading answers
 	SplitWrite bool // write each REQ in two writes
 	NoFinalLF  bool // the last REQ has no LF (then the client half-closes)
+	// Dial opens the connection instead of a plain TCP dial to addr (TLS,
+	// say); the connection must have CloseWrite for NoFinalLF.
+	Dial func(addr string) (net.Conn, error)
 }
 
 // Run sends the requests over one connection and counts the answers.
 func Run(addr string, o ClientOptions) (Counts, error) {
-	c, err := net.Dial("tcp", addr)
+	dial := o.Dial
+	if dial == nil {
+		dial = func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }
+	}
+	c, err := dial(addr)
 	if err != nil {
 		return Counts{}, err
 	}
@@ -207,8 +214,8 @@ func Run(addr string, o ClientOptions) (Counts, error) {
 			}
 		}
 	}
-	if o.NoFinalLF {
-		_ = c.(*net.TCPConn).CloseWrite()
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && o.NoFinalLF {
+		_ = cw.CloseWrite()
 	}
 	if o.Pipelined {
 		return counts, read(o.Requests)

@@ -1,6 +1,7 @@
 package l4foo_test
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net"
@@ -54,6 +55,22 @@ func waitIdle(t *testing.T, c *e2e.Caddy) foo.Report {
 	}
 }
 
+// runClients runs one client after the other and adds up what they counted.
+func runClients(t *testing.T, addr string, clients ...footest.ClientOptions) footest.Counts {
+	t.Helper()
+	var sum footest.Counts
+	for _, o := range clients {
+		got, err := footest.Run(addr, o)
+		if err != nil {
+			t.Fatalf("%+v: %v", o, err)
+		}
+		sum.Req += got.Req
+		sum.Ack += got.Ack
+		sum.Nak += got.Nak
+	}
+	return sum
+}
+
 func TestReferenceTrafficCountsExactly(t *testing.T) {
 	srv := footest.StartServer(t, footest.ServerOptions{})
 	addr := e2e.FreePort(t)
@@ -78,20 +95,10 @@ func TestHardCasesCountExactly(t *testing.T) {
 	srv := footest.StartServer(t, footest.ServerOptions{Greeting: "HELLO from the server", Reverse: 7, SplitWrite: true})
 	addr := e2e.FreePort(t)
 	c := e2e.StartCaddy(t, config(addr, srv.Addr, filepath.Join(t.TempDir(), "foo.json")))
-	var want footest.Counts
-	for _, o := range []footest.ClientOptions{
-		{Requests: 500, Pipelined: true, SplitWrite: true},
-		{Requests: 50, NoFinalLF: true},
-		{Requests: 200, Pipelined: true, NoFinalLF: true},
-	} {
-		got, err := footest.Run(addr, o)
-		if err != nil {
-			t.Fatalf("%+v: %v", o, err)
-		}
-		want.Req += got.Req
-		want.Ack += got.Ack
-		want.Nak += got.Nak
-	}
+	want := runClients(t, addr,
+		footest.ClientOptions{Requests: 500, Pipelined: true, SplitWrite: true},
+		footest.ClientOptions{Requests: 50, NoFinalLF: true},
+		footest.ClientOptions{Requests: 200, Pipelined: true, NoFinalLF: true})
 	r := waitIdle(t, c)
 	if int(r.MsgReq) != want.Req || int(r.MsgAck) != want.Ack || int(r.MsgNak) != want.Nak {
 		t.Fatalf("clients counted %+v, proxy %+v", want, r)
@@ -161,4 +168,39 @@ func TestHealthAndMetrics(t *testing.T) {
 		t.Fatalf("the proxy's own NAK is counted in proxy_naks only: before %+v, after %+v", before, r)
 	}
 	c.WaitMetric(t, `caddy_layer4_foo_proxy_naks_total{stats="default"} 1`)
+}
+
+// TestTLSClientsCountExactly: caddy-l4's tls handler terminates TLS in
+// front of the foo handler (a certificate from a test CA), so the handler
+// reads the client through the TLS connection instead of its socket;
+// every line is still counted, pipelined, split across writes, and a last
+// one without LF.
+func TestTLSClientsCountExactly(t *testing.T) {
+	srv := footest.StartServer(t, footest.ServerOptions{Reverse: 5})
+	ca := e2e.NewTestCA(t)
+	addr := e2e.FreePort(t)
+	cfg := e2e.Layer4(addr,
+		map[string]any{
+			"match":  []any{map[string]any{"tls": map[string]any{}}},
+			"handle": []any{map[string]any{"handler": "tls"}},
+		},
+		map[string]any{
+			"match": []any{map[string]any{"foo": map[string]any{}}},
+			"handle": []any{map[string]any{"handler": "foo", "to": []string{srv.Addr},
+				"recovery": filepath.Join(t.TempDir(), "foo.json")}},
+		})
+	cfg["apps"].(map[string]any)["tls"] = map[string]any{"certificates": map[string]any{"load_files": []any{
+		map[string]any{"certificate": ca.ServerCertFile, "key": ca.ServerKeyFile},
+	}}}
+	c := e2e.StartCaddy(t, cfg)
+	dialTLS := func(addr string) (net.Conn, error) {
+		return tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool, ServerName: "broker.test"})
+	}
+	want := runClients(t, addr,
+		footest.ClientOptions{Requests: 300, Pipelined: true, SplitWrite: true, Dial: dialTLS},
+		footest.ClientOptions{Requests: 40, NoFinalLF: true, Dial: dialTLS})
+	r := waitIdle(t, c)
+	if int(r.MsgReq) != want.Req || int(r.MsgAck) != want.Ack || int(r.MsgNak) != want.Nak || r.InvalidLines != 0 {
+		t.Fatalf("clients counted %+v, proxy %+v", want, r)
+	}
 }

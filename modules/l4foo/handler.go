@@ -160,12 +160,16 @@ var errIdle = errors.New("idle timeout")
 // the destination is half-closed. A line over max_line is counted invalid
 // and ends the connection; so does idle_timeout without a byte either way.
 func (p *proxied) pipe(dir foo.Direction) error {
-	var src, dst net.Conn = p.client, p.server
+	var src, dst net.Conn = p.client.Conn, p.server // raw sockets: CloseWrite, no wrapper
 	st := p.conn.Stream(foo.FromClient, p.h.MaxLine)
+	var first []byte
 	if dir == foo.FromServer {
-		src, dst, st = p.server, p.client.Conn, p.answers // raw socket: CloseWrite, no wrapper
+		src, dst, st = p.server, p.client.Conn, p.answers
+	} else {
+		first = p.prefetched()
 	}
-	buf := make([]byte, 32<<10)
+	rd := newSocketReader(src, first)
+	defer rd.Release()
 	var deadline time.Time
 	if p.idle > 0 {
 		deadline = time.Now().Add(p.idle)
@@ -173,11 +177,11 @@ func (p *proxied) pipe(dir foo.Direction) error {
 		_ = dst.SetWriteDeadline(deadline)
 	}
 	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
+		b, rerr := rd.Read()
+		if len(b) > 0 {
 			now := time.Now()
 			deadline = p.moved(src, dst, deadline, now)
-			err := p.forward(dir, st, dst, buf[:n], now)
+			err := p.forward(dir, st, dst, b, now)
 			if errors.Is(err, os.ErrDeadlineExceeded) && p.idle > 0 {
 				p.expire() // the other side took nothing for idle_timeout
 				return errIdle
@@ -214,6 +218,18 @@ func (p *proxied) pipe(dir foo.Direction) error {
 			return rerr
 		}
 	}
+}
+
+// prefetched returns the client's bytes layer4 read while matching, which
+// come before anything read from its socket.
+func (p *proxied) prefetched() []byte {
+	pending := p.client.MatchingBytes()
+	if len(pending) == 0 {
+		return nil
+	}
+	b := make([]byte, len(pending))
+	n, _ := io.ReadFull(p.client, b)
+	return b[:n]
 }
 
 // moved records that bytes arrived at now and pushes the read deadline of src
