@@ -5,41 +5,37 @@ import (
 	"sync"
 )
 
-// Buffer sizes of CopyAdaptive: every copy owns a small buffer; a copy
-// whose reads keep filling it borrows a large one from a shared pool while
-// the burst lasts, so that idle sessions cost little memory and busy ones
-// move a lot per system call.
+// Buffer sizes of CopyAdaptive: a copy reads into a small buffer; a copy
+// whose reads keep filling it reads into a large one while the burst
+// lasts, so that busy sessions move a lot per system call. Both are
+// borrowed from shared pools only while a read has bytes (Reader), so an
+// idle session on TCP sockets holds none.
 const (
 	smallBuffer = 16 << 10
 	largeBuffer = 1 << 20
 )
 
-var largeBuffers = sync.Pool{New: func() any { b := make([]byte, largeBuffer); return &b }}
+var (
+	smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBuffer); return &b }}
+	largeBuffers = sync.Pool{New: func() any { b := make([]byte, largeBuffer); return &b }}
+)
 
 // CopyAdaptive copies src to dst through user space, calling seen (if not
 // nil) with each chunk before it is written. It returns the bytes written
 // and nil at src's EOF. Measured faster than splice(2) on loopback for bulk
 // streams (BENCHMARKS.md), and it lets the caller see every byte.
 func CopyAdaptive(dst io.Writer, src io.Reader, seen func([]byte)) (int64, error) {
-	small := make([]byte, smallBuffer)
-	var large *[]byte
-	defer func() {
-		if large != nil {
-			largeBuffers.Put(large)
-		}
-	}()
+	r := NewReader(src, nil)
+	defer r.Release()
+	buffers := &smallBuffers
 	var n int64
 	for {
-		buf := small
-		if large != nil {
-			buf = *large
-		}
-		m, err := src.Read(buf)
-		if m > 0 {
+		b, err := r.Read(buffers)
+		if len(b) > 0 {
 			if seen != nil {
-				seen(buf[:m])
+				seen(b)
 			}
-			w, werr := dst.Write(buf[:m])
+			w, werr := dst.Write(b)
 			n += int64(w)
 			if werr != nil {
 				return n, werr
@@ -52,11 +48,10 @@ func CopyAdaptive(dst io.Writer, src io.Reader, seen func([]byte)) (int64, error
 			return n, err
 		}
 		switch {
-		case large == nil && m == len(small):
-			large = largeBuffers.Get().(*[]byte)
-		case large != nil && m < len(*large)/16:
-			largeBuffers.Put(large)
-			large = nil
+		case buffers == &smallBuffers && len(b) == smallBuffer:
+			buffers = &largeBuffers
+		case buffers == &largeBuffers && len(b) < largeBuffer/16:
+			buffers = &smallBuffers
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package l4foo
+package relay
 
 import (
 	"errors"
@@ -11,7 +11,7 @@ import (
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -36,10 +36,10 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 }
 
 // readAll reads through r until an error, returning the bytes and the error.
-func readAll(r *socketReader) ([]byte, error) {
+func readAll(r *Reader) ([]byte, error) {
 	var got []byte
 	for {
-		b, err := r.Read()
+		b, err := r.Read(&smallBuffers)
 		got = append(got, b...)
 		if err != nil {
 			return got, err
@@ -47,10 +47,10 @@ func readAll(r *socketReader) ([]byte, error) {
 	}
 }
 
-// TestSocketReader reads a TCP socket (borrowing buffers only while
+// TestReader reads a TCP socket (borrowing buffers only while
 // readable) and a net.Pipe (the fallback for other connections) alike:
 // first bytes, then the stream, then io.EOF; deadlines apply.
-func TestSocketReader(t *testing.T) {
+func TestReader(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		pair func(t *testing.T) (reader, writer net.Conn)
@@ -65,15 +65,15 @@ func TestSocketReader(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rc, wc := tc.pair(t)
-			r := newSocketReader(rc, []byte("REQ 1 "))
+			r := NewReader(rc, []byte("REQ 1 "))
 			if (r.raw != nil) != tc.raw {
 				t.Fatalf("raw reads: %v, want %v", r.raw != nil, tc.raw)
 			}
 			_ = rc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-			if b, err := r.Read(); string(b) != "REQ 1 " || err != nil {
+			if b, err := r.Read(&smallBuffers); string(b) != "REQ 1 " || err != nil {
 				t.Fatalf("first Read = %q, %v", b, err)
 			}
-			if b, err := r.Read(); len(b) != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			if b, err := r.Read(&smallBuffers); len(b) != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("Read of a silent connection = %q, %v; want the deadline", b, err)
 			}
 			if r.buf != nil {
@@ -97,10 +97,10 @@ func TestSocketReader(t *testing.T) {
 	}
 }
 
-// TestSocketReaderReset: a peer's reset is a read error that says so.
-func TestSocketReaderReset(t *testing.T) {
+// TestReaderReset: a peer's reset is a read error that says so.
+func TestReaderReset(t *testing.T) {
 	a, b := tcpPair(t)
-	r := newSocketReader(a, nil)
+	r := NewReader(a, nil)
 	_ = b.SetLinger(0)
 	_, _ = b.Write([]byte("x"))
 	_ = b.Close()

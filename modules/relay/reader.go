@@ -1,0 +1,96 @@
+package relay
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// Reader reads one direction of a relayed connection into buffers it
+// borrows from a pool. On a plain TCP socket it borrows a buffer only once
+// the socket is readable, and the caller gives it back (Release, or the
+// next Read) once the bytes are forwarded: a connection waiting for bytes
+// holds no buffer. Any other reader (TLS, a wrapper) is read as usual into
+// a borrowed buffer, held while the read blocks.
+type Reader struct {
+	src   io.Reader
+	raw   syscall.RawConn // nil unless src is a *net.TCPConn
+	tcp   *net.TCPConn
+	buf   *[]byte    // borrowed: holds what the last Read returned
+	from  *sync.Pool // where buf came from
+	first []byte     // returned by the first Read, before src is read
+}
+
+// NewReader reads src, after first: bytes already taken from it (layer4
+// reads a client's first bytes while matching).
+func NewReader(src io.Reader, first []byte) *Reader {
+	r := &Reader{src: src, first: first}
+	if tc, ok := src.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			r.raw, r.tcp = raw, tc
+		}
+	}
+	return r
+}
+
+// Read returns the next bytes, read into a buffer from buffers (a pool of
+// *[]byte), valid until Release or the next Read. At the end of the stream
+// it returns io.EOF. Deadlines set on the connection apply.
+func (r *Reader) Read(buffers *sync.Pool) ([]byte, error) {
+	r.Release()
+	if b := r.first; len(b) > 0 {
+		r.first = nil
+		return b, nil
+	}
+	if r.raw == nil {
+		r.borrow(buffers)
+		n, err := r.src.Read(*r.buf)
+		if n == 0 {
+			r.Release()
+			return nil, err
+		}
+		return (*r.buf)[:n], err
+	}
+	var n int
+	var rerr error
+	err := r.raw.Read(func(fd uintptr) bool {
+		r.borrow(buffers)
+		for {
+			n, rerr = syscall.Read(int(fd), *r.buf)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			r.Release()
+			return false // wait until readable, then call again
+		}
+		return true
+	})
+	if err == nil && rerr == nil && n > 0 {
+		return (*r.buf)[:n], nil
+	}
+	r.Release()
+	switch {
+	case err != nil:
+		return nil, err
+	case rerr != nil:
+		return nil, &net.OpError{Op: "read", Net: "tcp", Source: r.tcp.LocalAddr(),
+			Addr: r.tcp.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	}
+	return nil, io.EOF
+}
+
+func (r *Reader) borrow(buffers *sync.Pool) {
+	r.buf, r.from = buffers.Get().(*[]byte), buffers
+}
+
+// Release gives the buffer of the last Read back to its pool.
+func (r *Reader) Release() {
+	if r.buf != nil {
+		r.from.Put(r.buf)
+		r.buf, r.from = nil, nil
+	}
+}
