@@ -21,6 +21,14 @@ type Reader struct {
 	buf   *[]byte    // borrowed: holds what the last Read returned
 	from  *sync.Pool // where buf came from
 	first []byte     // returned by the first Read, before src is read
+
+	// The raw read: readFD is r.readSocket, bound once (a closure made
+	// per Read would be allocated per Read); it borrows from want and
+	// leaves the read(2) result in n and errno.
+	readFD func(fd uintptr) bool
+	want   *sync.Pool
+	n      int
+	errno  error
 }
 
 // NewReader reads src, after first: bytes already taken from it (layer4
@@ -30,6 +38,7 @@ func NewReader(src io.Reader, first []byte) *Reader {
 	if tc, ok := src.(*net.TCPConn); ok {
 		if raw, err := tc.SyscallConn(); err == nil {
 			r.raw, r.tcp = raw, tc
+			r.readFD = r.readSocket
 		}
 	}
 	return r
@@ -53,34 +62,38 @@ func (r *Reader) Read(buffers *sync.Pool) ([]byte, error) {
 		}
 		return (*r.buf)[:n], err
 	}
-	var n int
-	var rerr error
-	err := r.raw.Read(func(fd uintptr) bool {
-		r.borrow(buffers)
-		for {
-			n, rerr = syscall.Read(int(fd), *r.buf)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			r.Release()
-			return false // wait until readable, then call again
-		}
-		return true
-	})
-	if err == nil && rerr == nil && n > 0 {
-		return (*r.buf)[:n], nil
+	r.want = buffers
+	err := r.raw.Read(r.readFD)
+	if err == nil && r.errno == nil && r.n > 0 {
+		return (*r.buf)[:r.n], nil
 	}
 	r.Release()
 	switch {
 	case err != nil:
 		return nil, err
-	case rerr != nil:
+	case r.errno != nil:
 		return nil, &net.OpError{Op: "read", Net: "tcp", Source: r.tcp.LocalAddr(),
-			Addr: r.tcp.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+			Addr: r.tcp.RemoteAddr(), Err: os.NewSyscallError("read", r.errno)}
 	}
 	return nil, io.EOF
+}
+
+// readSocket reads the socket fd into a buffer borrowed from r.want, or
+// gives the buffer back and returns false (wait until readable) if there
+// is nothing to read.
+func (r *Reader) readSocket(fd uintptr) bool {
+	r.borrow(r.want)
+	for {
+		r.n, r.errno = syscall.Read(int(fd), *r.buf)
+		if r.errno != syscall.EINTR {
+			break
+		}
+	}
+	if r.errno == syscall.EAGAIN {
+		r.Release()
+		return false
+	}
+	return true
 }
 
 func (r *Reader) borrow(buffers *sync.Pool) {
