@@ -22,10 +22,8 @@ import (
 func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended string) {
 	defer relay.Track()()
 	client, upstream := s.cx.Conn, l.upstream
-	if pending := s.cx.MatchingBytes(); len(pending) > 0 {
-		buf := make([]byte, len(pending))
-		n, _ := io.ReadFull(s.cx, buf)
-		w, err := upstream.Write(buf[:n])
+	if pending := relay.Prefetched(s.cx); len(pending) > 0 {
+		w, err := upstream.Write(pending)
 		in += int64(w)
 		if err != nil {
 			_ = client.Close()

@@ -173,7 +173,7 @@ func (p *proxied) pipe(dir foo.Direction) error {
 	if dir == foo.FromServer {
 		src, dst, st = p.server, p.client.Conn, p.answers
 	} else {
-		first = p.prefetched()
+		first = relay.Prefetched(p.client)
 	}
 	rd := relay.NewReader(src, first)
 	defer rd.Release()
@@ -225,18 +225,6 @@ func (p *proxied) pipe(dir foo.Direction) error {
 			return rerr
 		}
 	}
-}
-
-// prefetched returns the client's bytes layer4 read while matching, which
-// come before anything read from its socket.
-func (p *proxied) prefetched() []byte {
-	pending := p.client.MatchingBytes()
-	if len(pending) == 0 {
-		return nil
-	}
-	b := make([]byte, len(pending))
-	n, _ := io.ReadFull(p.client, b)
-	return b[:n]
 }
 
 // moved records that bytes arrived at now and pushes the read deadline of src

@@ -37,10 +37,8 @@ func RelayBuffered(cx *layer4.Connection, upstream net.Conn) (up, down int64, er
 
 func relay(cx *layer4.Connection, upstream net.Conn, pipe func(dst, src net.Conn) (int64, error)) (up, down int64, err error) {
 	defer Track()()
-	if pending := cx.MatchingBytes(); len(pending) > 0 {
-		buf := make([]byte, len(pending))
-		n, _ := io.ReadFull(cx, buf)
-		w, err := upstream.Write(buf[:n])
+	if pending := Prefetched(cx); len(pending) > 0 {
+		w, err := upstream.Write(pending)
 		up += int64(w)
 		if err != nil {
 			return up, 0, err
@@ -59,6 +57,19 @@ func relay(cx *layer4.Connection, upstream net.Conn, pipe func(dst, src net.Conn
 		err = upErr
 	}
 	return up + upN.Load(), down, err
+}
+
+// Prefetched takes the client's bytes that layer4 read while matching and
+// still buffers: they come before anything read from cx.Conn, the raw
+// socket a relay reads.
+func Prefetched(cx *layer4.Connection) []byte {
+	pending := cx.MatchingBytes()
+	if len(pending) == 0 {
+		return nil
+	}
+	b := make([]byte, len(pending))
+	n, _ := io.ReadFull(cx, b)
+	return b[:n]
 }
 
 // pipe copies src to dst. At src's EOF it half-closes dst so the peer sees
