@@ -13,9 +13,9 @@ import (
 )
 
 // relaySession relays a routed session until both directions end or an
-// operator severs it. Client to broker is a plain spliced copy (or a
-// throttled one with data_rate); broker to client follows frame boundaries
-// (amqp.FrameTracker) through user-space buffers (relay.CopyAdaptive), so
+// operator severs it. Client to broker is a plain copy (relay.CopyAdaptive,
+// or a throttled one with data_rate); broker to client follows frame
+// boundaries (amqp.FrameTracker) through the same adaptive buffers, so
 // a graceful sever stops between two frames and the client gets a
 // Connection.Close it can parse. It returns the bytes
 // each way and how the session ended.
@@ -131,12 +131,11 @@ func finishFrame(dst, src net.Conn, tr *amqp.FrameTracker) (int64, error) {
 	return n, nil
 }
 
-// copyUp copies client bytes to the broker: spliced, or, with a data rate,
-// through a token bucket (leaving the splice path).
+// copyUp copies client bytes to the broker: through relay.CopyAdaptive,
+// or, with a data rate, through a token bucket.
 func copyUp(dst, src net.Conn, rate int64) (int64, error) {
 	if rate <= 0 {
-		n, err := io.Copy(dst, src)
-		return n, err
+		return relay.CopyAdaptive(dst, src, nil)
 	}
 	buf := make([]byte, min(rate, 64<<10))
 	var n int64

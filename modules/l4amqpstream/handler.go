@@ -137,8 +137,8 @@ func (h *Handler) open(ctx context.Context) (*stream.Conn, error) {
 // resetOnError is the stream as the relay sees it: when the stream fails
 // (broker lost, peer reset) it arms a TCP reset on the client's connection
 // before the relay closes it, so a cut tunnel never looks like a finished
-// one. The stream side is not a socket, so this costs the splice path
-// nothing.
+// one. The stream side is not a socket, so the relay reads it the usual
+// way either way.
 type resetOnError struct {
 	*stream.Conn
 	client net.Conn

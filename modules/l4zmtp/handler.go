@@ -192,7 +192,7 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	p := addPair(&Pair{Client: cx.RemoteAddr().String(), Worker: lease.Member.Addr, Mechanism: g.Mechanism,
 		Since: time.Now(), client: cx.Conn})
 	defer removePair(p.ID)
-	up, down, err := relay.RelayBuffered(cx, lease.Conn)
+	up, down, err := relay.Relay(cx, lease.Conn)
 	h.logger.Debug("zmtp pair ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
 	return nil
@@ -329,7 +329,7 @@ func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.
 	p := addPair(&Pair{Client: cx.RemoteAddr().String(), Worker: w.conn.RemoteAddr().String(),
 		Mechanism: g.Mechanism, Pool: h.Workers, Since: time.Now(), client: cx.Conn})
 	defer removePair(p.ID)
-	up, down, err := relay.RelayBuffered(cx, w.conn)
+	up, down, err := relay.Relay(cx, w.conn)
 	h.logger.Debug("zmtp pair ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.Int64("bytes_upstream", up), zap.Int64("bytes_downstream", down), zap.Error(err))
 	return nil

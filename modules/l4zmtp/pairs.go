@@ -19,7 +19,7 @@ type Pair struct {
 	Pool      string    `json:"pool,omitempty"`
 	Since     time.Time `json:"since"`
 	// Bytes so far, from the kernel's TCP_INFO of the client socket (the
-	// relay splices, so nothing in the proxy counts them).
+	// relay's copies report their counts only when they end).
 	BytesUpstream   uint64 `json:"bytes_upstream"`
 	BytesDownstream uint64 `json:"bytes_downstream"`
 

@@ -1,6 +1,8 @@
 // Package relay is the data path every Caddy Prelude handler ends in: bytes
-// copied both ways between the client's and the upstream's raw sockets, so
-// that Linux moves them with splice(2) (DESIGN.md, "The data path").
+// copied both ways between the client's and the upstream's raw sockets
+// through adaptive user-space buffers (CopyAdaptive), borrowed only while
+// bytes are there (DESIGN.md, "The data path"; BENCHMARKS.md for why not
+// splice(2)).
 package relay
 
 import (
@@ -20,22 +22,12 @@ import (
 
 // Relay copies bytes both ways between the client and the upstream until both
 // directions end, and returns the bytes sent upstream (client to upstream) and
-// downstream. It copies between the raw sockets so that, for two TCP
-// connections, io.Copy uses splice(2); it never wraps either side. Bytes the
-// layer4 connection still buffers are sent first.
+// downstream. It copies between the raw sockets through CopyAdaptive: up to
+// 1 MiB per system call for a busy direction, no buffer at all for an idle
+// one. Measured faster and cheaper than splice(2) on loopback, which also
+// holds a pipe (two file descriptors) per direction for the whole session
+// (BENCHMARKS.md). Bytes the layer4 connection still buffers are sent first.
 func Relay(cx *layer4.Connection, upstream net.Conn) (up, down int64, err error) {
-	return relay(cx, upstream, pipe)
-}
-
-// RelayBuffered is Relay copying through adaptive user-space buffers
-// (CopyAdaptive) instead of splice(2). Measured faster for ZMTP traffic
-// between libzmq peers and for bulk AMQP streams (BENCHMARKS.md): a busy
-// direction moves up to 1 MiB per system call, splice a 64 KiB pipe's worth.
-func RelayBuffered(cx *layer4.Connection, upstream net.Conn) (up, down int64, err error) {
-	return relay(cx, upstream, pipeBuffered)
-}
-
-func relay(cx *layer4.Connection, upstream net.Conn, pipe func(dst, src net.Conn) (int64, error)) (up, down int64, err error) {
 	defer Track()()
 	if pending := Prefetched(cx); len(pending) > 0 {
 		w, err := upstream.Write(pending)
@@ -76,7 +68,7 @@ func Prefetched(cx *layer4.Connection) []byte {
 // the end of the stream while the other direction drains; on an error it
 // closes both, which also ends the other direction.
 func pipe(dst, src net.Conn) (int64, error) {
-	n, err := io.Copy(dst, src)
+	n, err := CopyAdaptive(dst, src, nil)
 	return n, endPipe(dst, src, err)
 }
 
@@ -96,12 +88,6 @@ func endPipe(dst, src net.Conn, err error) error {
 	return nil
 }
 
-// pipeBuffered is pipe through CopyAdaptive.
-func pipeBuffered(dst, src net.Conn) (int64, error) {
-	n, err := CopyAdaptive(dst, src, nil)
-	return n, endPipe(dst, src, err)
-}
-
 // closeWriter is implemented by *net.TCPConn and *tls.Conn.
 type closeWriter interface{ CloseWrite() error }
 
@@ -112,7 +98,7 @@ var ErrNoFirstByte = errors.New("upstream sent nothing")
 // AwaitFirstByte waits up to timeout for the upstream's first byte and
 // passes it to the client, so that a handler can still answer in its own
 // protocol when the upstream stays silent (nothing has reached the client
-// yet). It reads one byte: the relay that follows stays on the splice path.
+// yet). It reads one byte, then the relay takes over.
 func AwaitFirstByte(client, upstream net.Conn, timeout time.Duration) (int64, error) {
 	_ = upstream.SetReadDeadline(time.Now().Add(timeout))
 	var b [1]byte

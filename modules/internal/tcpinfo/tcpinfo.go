@@ -1,5 +1,5 @@
 // Package tcpinfo reads a socket's byte counters from the kernel, for live
-// byte counts of spliced sessions (whose copies report only at the end).
+// byte counts of relayed sessions (whose copies report only at the end).
 package tcpinfo
 
 import (
