@@ -38,6 +38,8 @@ PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset 
 bench: test-deps build
 	@echo "== the Foo analyser alone, per message"
 	$(GO) test -run '^$$' -bench Analyze -count 3 ./foo/
+	@echo "== the relay's copy against splice(2), bulk and round trips"
+	$(GO) test -run '^$$' -bench 'Copy|RoundTrip' -count 3 ./modules/relay/
 	@echo "== in process, all CPUs shared"
 	$(BENCH) $(BENCH_AMQP)
 	$(BENCH) $(BENCH_GIT)
