@@ -121,6 +121,48 @@ func BenchmarkRelayThroughput(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	reportThroughput(b, elapsed, cpu)
+}
+
+// BenchmarkPublishThroughput is BenchmarkRelayThroughput the other way:
+// after the handshake the client sends 64 MiB of body frames, and a broker
+// that reads them all answers one byte; MB/s per path (until that byte
+// arrives) and Caddy's CPU per GB.
+func BenchmarkPublishThroughput(b *testing.B) {
+	e2e.RequireRabbit(b) // for the test user; the stream itself needs no RabbitMQ
+	p, caddy := startCaddy(b, startSinkBroker(b))
+	elapsed, cpu := map[string]time.Duration{}, map[string]time.Duration{}
+	chunk := bodyFrames()
+	b.SetBytes(3 * streamBytes)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, path := range p.each() {
+			b.StopTimer()
+			c := clientHandshake(b, path[1])
+			b.StartTimer()
+			start, cpu0 := time.Now(), caddy.CPUTime()
+			for sent := 0; sent < streamBytes; sent += len(chunk) {
+				if _, err := c.Write(chunk); err != nil {
+					b.Fatalf("%s: after %d bytes: %v", path[0], sent, err)
+				}
+			}
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				b.Fatalf("%s: the broker did not confirm %d bytes: %v", path[0], streamBytes, err)
+			}
+			elapsed[path[0]] += time.Since(start)
+			cpu[path[0]] += caddy.CPUTime() - cpu0
+			_ = c.Close()
+		}
+	}
+	b.StopTimer()
+	reportThroughput(b, elapsed, cpu)
+}
+
+// reportThroughput reports MB/s per path and their ratios, and the CPU per
+// GB Caddy spent on each proxy: its CPU time while a path streamed. In
+// process that includes client and broker, so the direct path's time is
+// taken off; as its own process, Caddy is idle on the direct path.
+func reportThroughput(b *testing.B, elapsed, cpu map[string]time.Duration) {
 	rate := map[string]float64{}
 	for name, d := range elapsed {
 		rate[name] = float64(b.N) * streamBytes / d.Seconds() / 1e6
@@ -128,9 +170,6 @@ func BenchmarkRelayThroughput(b *testing.B) {
 	}
 	b.ReportMetric(rate["prelude"]/rate["l4proxy"], "prelude/l4proxy")
 	b.ReportMetric(rate["prelude"]/rate["direct"], "prelude/direct")
-	// CPU the relay costs per GB: Caddy's CPU time while a path streams. In
-	// process that includes client and broker, so the direct path's time is
-	// taken off; as its own process, Caddy is idle on the direct path.
 	gb := float64(b.N) * streamBytes / 1e9
 	over := func(name string) float64 { return (cpu[name] - cpu["direct"]).Seconds() / gb * 1000 }
 	b.ReportMetric(over("prelude"), "prelude-cpu-ms/GB")
@@ -181,12 +220,7 @@ func clientHandshake(b *testing.B, addr string) net.Conn {
 // streamBytes of body frames and closes: a broker at full speed, which no real
 // broker is, so that the proxies are what is measured.
 func startStreamingBroker(b *testing.B) string {
-	// 1 MiB of body frames at RabbitMQ's default frame_max (131072 bytes
-	// per frame), what a broker sends for large messages.
-	var chunk []byte
-	for len(chunk) < 1<<20 {
-		chunk = amqp.AppendFrame(chunk, amqp.Frame{Type: amqp.FrameBody, Channel: 1, Payload: make([]byte, 131072-8)})
-	}
+	chunk := bodyFrames()
 	return e2e.ServeTCP(b, func(c net.Conn) {
 		if brokerHandshake(c) != nil {
 			return
@@ -196,6 +230,32 @@ func startStreamingBroker(b *testing.B) string {
 				return
 			}
 		}
+	})
+}
+
+// bodyFrames returns 1 MiB of body frames at RabbitMQ's default frame_max
+// (131072 bytes per frame), what a broker sends, or a client publishes, for
+// large messages.
+func bodyFrames() []byte {
+	var chunk []byte
+	for len(chunk) < 1<<20 {
+		chunk = amqp.AppendFrame(chunk, amqp.Frame{Type: amqp.FrameBody, Channel: 1, Payload: make([]byte, 131072-8)})
+	}
+	return chunk
+}
+
+// startSinkBroker completes any client's handshake, reads streamBytes,
+// then writes one byte to say it has them all.
+func startSinkBroker(b *testing.B) string {
+	return e2e.ServeTCP(b, func(c net.Conn) {
+		if brokerHandshake(c) != nil {
+			return
+		}
+		buf := make([]byte, 256<<10)
+		if n, err := io.CopyBuffer(discard{}, io.LimitReader(c, streamBytes), buf); err != nil || n != streamBytes {
+			return
+		}
+		_, _ = c.Write([]byte{1})
 	})
 }
 
