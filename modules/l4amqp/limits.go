@@ -21,8 +21,7 @@ type Limits struct {
 	// token bucket that holds n.
 	ConnectionRate string `json:"connection_rate,omitempty"`
 	// Client-to-broker bytes per second of each session, "<size>/s"
-	// (e.g. "1MiB/s"). A throttled session reads through a buffer of its
-	// own (up to 64 KiB), held while idle.
+	// (e.g. "1MiB/s"), paced by reads of at most a second's worth.
 	DataRate string `json:"data_rate,omitempty"`
 
 	rateN     float64

@@ -132,23 +132,27 @@ func finishFrame(dst, src net.Conn, tr *amqp.FrameTracker) (int64, error) {
 }
 
 // copyUp copies client bytes to the broker: through relay.CopyAdaptive,
-// or, with a data rate, through a token bucket.
+// or, with a data rate, paced: reads of at most a second's worth (64 KiB at
+// most), each followed by a sleep until the bytes so far are within rate.
+// Its buffer is borrowed per read and given back before the sleep.
 func copyUp(dst, src net.Conn, rate int64) (int64, error) {
 	if rate <= 0 {
 		return relay.CopyAdaptive(dst, src, nil)
 	}
-	buf := make([]byte, min(rate, 64<<10))
+	r := relay.NewReader(src, nil)
+	r.Limit(int(min(rate, throttledRead)))
+	defer r.Release()
 	var n int64
 	start := time.Now()
 	for {
-		m, err := src.Read(buf)
-		if m > 0 {
-			w, werr := dst.Write(buf[:m])
+		b, err := r.Read(&throttledBuffers)
+		if len(b) > 0 {
+			w, werr := dst.Write(b)
 			n += int64(w)
 			if werr != nil {
 				return n, werr
 			}
-			// Sleep until n bytes are within rate since start.
+			r.Release()
 			if ahead := time.Duration(float64(n)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
 				time.Sleep(ahead)
 			}
@@ -158,3 +162,8 @@ func copyUp(dst, src net.Conn, rate int64) (int64, error) {
 		}
 	}
 }
+
+// throttledRead is the most a session with a data rate reads at once.
+const throttledRead = 64 << 10
+
+var throttledBuffers = sync.Pool{New: func() any { b := make([]byte, throttledRead); return &b }}

@@ -21,6 +21,7 @@ type Reader struct {
 	buf   *[]byte    // borrowed: holds what the last Read returned
 	from  *sync.Pool // where buf came from
 	first []byte     // returned by the first Read, before src is read
+	max   int        // if > 0, a Read returns at most max bytes
 
 	// The raw read: readFD is r.readSocket, bound once (a closure made
 	// per Read would be allocated per Read); it borrows from want and
@@ -44,6 +45,10 @@ func NewReader(src io.Reader, first []byte) *Reader {
 	return r
 }
 
+// Limit makes each Read return at most n bytes (n > 0), for a caller that
+// paces what it forwards.
+func (r *Reader) Limit(n int) { r.max = n }
+
 // Read returns the next bytes, read into a buffer from buffers (a pool of
 // *[]byte), valid until Release or the next Read. At the end of the stream
 // it returns io.EOF. Deadlines set on the connection apply.
@@ -55,7 +60,7 @@ func (r *Reader) Read(buffers *sync.Pool) ([]byte, error) {
 	}
 	if r.raw == nil {
 		r.borrow(buffers)
-		n, err := r.src.Read(*r.buf)
+		n, err := r.src.Read(r.space())
 		if n == 0 {
 			r.Release()
 			return nil, err
@@ -84,7 +89,7 @@ func (r *Reader) Read(buffers *sync.Pool) ([]byte, error) {
 func (r *Reader) readSocket(fd uintptr) bool {
 	r.borrow(r.want)
 	for {
-		r.n, r.errno = syscall.Read(int(fd), *r.buf)
+		r.n, r.errno = syscall.Read(int(fd), r.space())
 		if r.errno != syscall.EINTR {
 			break
 		}
@@ -94,6 +99,14 @@ func (r *Reader) readSocket(fd uintptr) bool {
 		return false
 	}
 	return true
+}
+
+// space is the borrowed buffer as far as a read may fill it.
+func (r *Reader) space() []byte {
+	if b := *r.buf; r.max > 0 && r.max < len(b) {
+		return b[:r.max]
+	}
+	return *r.buf
 }
 
 func (r *Reader) borrow(buffers *sync.Pool) {

@@ -136,3 +136,30 @@ func TestReaderDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per read, want none", allocs)
 	}
 }
+
+// TestReaderLimit: with Limit(n), no Read returns more than n bytes, and
+// together they return the stream.
+func TestReaderLimit(t *testing.T) {
+	a, b := tcpPair(t)
+	r := NewReader(a, nil)
+	r.Limit(7)
+	want := []byte("REQ 1 abcdefghijklmnopqrstuvwxyz\nREQ 2 x\n")
+	if _, err := b.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Close()
+	var got []byte
+	for {
+		p, err := r.Read(&smallBuffers)
+		if len(p) > 7 {
+			t.Fatalf("Read returned %d bytes, over the limit of 7", len(p))
+		}
+		got = append(got, p...)
+		if err != nil {
+			break
+		}
+	}
+	if string(got) != string(want) {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+}
