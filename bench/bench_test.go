@@ -5,6 +5,7 @@
 package bench
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -101,27 +102,14 @@ func BenchmarkConnectionSetup(b *testing.B) {
 func BenchmarkRelayThroughput(b *testing.B) {
 	e2e.RequireRabbit(b) // for the test user; the stream itself needs no RabbitMQ
 	p, caddy := startCaddy(b, startStreamingBroker(b))
-	elapsed, cpu := map[string]time.Duration{}, map[string]time.Duration{}
 	readBuf := make([]byte, 256<<10)
-	b.SetBytes(3 * streamBytes)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		for _, path := range p.each() {
-			b.StopTimer()
-			c := clientHandshake(b, path[1])
-			b.StartTimer()
-			start, cpu0 := time.Now(), caddy.CPUTime()
-			n, err := io.CopyBuffer(discard{}, onlyReader{c}, readBuf)
-			elapsed[path[0]] += time.Since(start)
-			cpu[path[0]] += caddy.CPUTime() - cpu0
-			_ = c.Close()
-			if err != nil || n != streamBytes {
-				b.Fatalf("%s: relayed %d of %d bytes: %v", path[0], n, streamBytes, err)
-			}
+	timePaths(b, p, caddy, func(c net.Conn) error {
+		n, err := io.CopyBuffer(discard{}, onlyReader{c}, readBuf)
+		if err == nil && n != streamBytes {
+			err = fmt.Errorf("relayed %d of %d bytes", n, streamBytes)
 		}
-	}
-	b.StopTimer()
-	reportThroughput(b, elapsed, cpu)
+		return err
+	})
 }
 
 // BenchmarkPublishThroughput is BenchmarkRelayThroughput the other way:
@@ -131,8 +119,25 @@ func BenchmarkRelayThroughput(b *testing.B) {
 func BenchmarkPublishThroughput(b *testing.B) {
 	e2e.RequireRabbit(b) // for the test user; the stream itself needs no RabbitMQ
 	p, caddy := startCaddy(b, startSinkBroker(b))
-	elapsed, cpu := map[string]time.Duration{}, map[string]time.Duration{}
 	chunk := bodyFrames()
+	timePaths(b, p, caddy, func(c net.Conn) error {
+		for sent := 0; sent < streamBytes; sent += len(chunk) {
+			if _, err := c.Write(chunk); err != nil {
+				return fmt.Errorf("after %d bytes: %w", sent, err)
+			}
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			return fmt.Errorf("the broker did not confirm %d bytes: %w", streamBytes, err)
+		}
+		return nil
+	})
+}
+
+// timePaths runs transfer (streamBytes one way) over a fresh connection,
+// past the handshake, to each path in every iteration, timing it and
+// Caddy's CPU, and reports them.
+func timePaths(b *testing.B, p paths, caddy *e2e.Caddy, transfer func(c net.Conn) error) {
+	elapsed, cpu := map[string]time.Duration{}, map[string]time.Duration{}
 	b.SetBytes(3 * streamBytes)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -141,17 +146,13 @@ func BenchmarkPublishThroughput(b *testing.B) {
 			c := clientHandshake(b, path[1])
 			b.StartTimer()
 			start, cpu0 := time.Now(), caddy.CPUTime()
-			for sent := 0; sent < streamBytes; sent += len(chunk) {
-				if _, err := c.Write(chunk); err != nil {
-					b.Fatalf("%s: after %d bytes: %v", path[0], sent, err)
-				}
-			}
-			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
-				b.Fatalf("%s: the broker did not confirm %d bytes: %v", path[0], streamBytes, err)
-			}
+			err := transfer(c)
 			elapsed[path[0]] += time.Since(start)
 			cpu[path[0]] += caddy.CPUTime() - cpu0
 			_ = c.Close()
+			if err != nil {
+				b.Fatalf("%s: %v", path[0], err)
+			}
 		}
 	}
 	b.StopTimer()
