@@ -55,7 +55,10 @@ func (r *Reader) Limit(n int) { r.max = n }
 func (r *Reader) Read(buffers *sync.Pool) ([]byte, error) {
 	r.Release()
 	if b := r.first; len(b) > 0 {
-		r.first = nil
+		if r.max > 0 && len(b) > r.max {
+			b = b[:r.max]
+		}
+		r.first = r.first[len(b):]
 		return b, nil
 	}
 	if r.raw == nil {
