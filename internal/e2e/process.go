@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -158,4 +159,15 @@ func (c *Caddy) Stdout() string {
 	c.stdout.mu.Lock()
 	defer c.stdout.mu.Unlock()
 	return string(c.stdout.b)
+}
+
+// LiveHeap returns the bytes of live heap objects after a full collection
+// (two of them: a sync.Pool lets go of its objects over two), for tests
+// that bound what idle connections keep.
+func LiveHeap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }

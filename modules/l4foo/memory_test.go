@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -34,16 +33,6 @@ func ackFirst(c net.Conn) {
 			return
 		}
 	}
-}
-
-// liveHeap returns the bytes of live heap objects after a full collection
-// (twice: a sync.Pool lets go of its objects over two).
-func liveHeap() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }
 
 // TestIdleConnectionsHoldNoReadBuffers: a proxied connection waiting for
@@ -74,12 +63,12 @@ func TestIdleConnectionsHoldNoReadBuffers(t *testing.T) {
 	}
 	exchange() // the first connection sets up what all share
 	time.Sleep(100 * time.Millisecond)
-	before := liveHeap()
+	before := e2e.LiveHeap()
 	for i := 0; i < conns; i++ {
 		exchange()
 	}
 	time.Sleep(200 * time.Millisecond) // every copy loop back in its read
-	after := liveHeap()
+	after := e2e.LiveHeap()
 	perConn := (int64(after) - int64(before)) / conns
 	t.Logf("%d bytes of heap per idle proxied connection (client, server and Caddy)", perConn)
 	if perConn > 16<<10 {

@@ -6,10 +6,11 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
 )
 
 // TestCopyAdaptive copies a stream of small writes, then a bulk burst,
@@ -55,13 +56,6 @@ func TestCopyAdaptive(t *testing.T) {
 // it runs).
 func TestIdleCopiesHoldNoBuffers(t *testing.T) {
 	const copies = 200
-	liveHeap := func() uint64 {
-		runtime.GC()
-		runtime.GC() // a sync.Pool lets go of its objects over two collections
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return m.HeapAlloc
-	}
 	fds := func() int {
 		entries, err := os.ReadDir("/proc/self/fd")
 		if err != nil {
@@ -77,7 +71,7 @@ func TestIdleCopiesHoldNoBuffers(t *testing.T) {
 		ends[i] = copyEnds{in, src, dst, out}
 	}
 	fdsBefore := fds()
-	before := liveHeap()
+	before := e2e.LiveHeap()
 	for _, e := range ends {
 		go func() { _, _ = pipe(e.dst, e.src) }()
 		_, _ = e.in.Write([]byte("one read, then quiet"))
@@ -86,7 +80,7 @@ func TestIdleCopiesHoldNoBuffers(t *testing.T) {
 		}
 	}
 	time.Sleep(100 * time.Millisecond)
-	perCopy := (int64(liveHeap()) - int64(before)) / copies
+	perCopy := (int64(e2e.LiveHeap()) - int64(before)) / copies
 	t.Logf("%d bytes of heap per idle copy", perCopy)
 	if perCopy > 4<<10 {
 		t.Fatalf("%d bytes of heap per idle copy, want under 4 KiB", perCopy)
