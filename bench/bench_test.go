@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sort"
+	"syscall"
 	"testing"
 	"time"
 
@@ -314,3 +315,16 @@ func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// totalCPU is the CPU time of everything a path runs on: this process
+// (clients, servers and an in-process Caddy) plus a Caddy running as its
+// own process.
+func totalCPU(caddy *e2e.Caddy) time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	self := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	if caddy.Separate() {
+		return self + caddy.CPUTime()
+	}
+	return self
+}

@@ -49,14 +49,16 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 				"upstreams": []any{map[string]any{"dial": []string{srv.Addr}}}}},
 		}}},
 	}}}}
-	startBenchCaddy(b, cfg)
+	caddy := startBenchCaddy(b, cfg)
 	p := paths{direct: srv.Addr, prelude: prelude, l4proxy: l4proxy}
 	perConn := requests / conns
-	msgs, took := map[string]int{}, map[string]time.Duration{}
+	msgs, took, cpu := map[string]int{}, map[string]time.Duration{}, map[string]time.Duration{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, path := range p.each() {
+			cpu0 := totalCPU(caddy)
 			n, d, err := footest.Load(path[1], conns, perConn)
+			cpu[path[0]] += totalCPU(caddy) - cpu0
 			if err != nil {
 				b.Fatalf("%s: %v", path[0], err)
 			}
@@ -72,5 +74,9 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 	}
 	b.ReportMetric(rate["prelude"]/rate["direct"], "prelude/direct")
 	b.ReportMetric(rate["l4proxy"]/rate["direct"], "l4proxy/direct")
+	for name := range msgs {
+		b.ReportMetric(float64(cpu[name])/float64(msgs[name]), name+"-cpu-ns/msg")
+		b.ReportMetric(cpu[name].Seconds()/took[name].Seconds(), name+"-cpus")
+	}
 
 }

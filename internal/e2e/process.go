@@ -90,6 +90,9 @@ func (c *Caddy) CPUTime() time.Duration {
 	return ProcessCPU(c.pid)
 }
 
+// Separate reports whether Caddy runs as its own process.
+func (c *Caddy) Separate() bool { return c.pid != 0 }
+
 // ProcessCPU is the user and system CPU time of process pid so far, from
 // /proc/<pid>/stat (clock ticks of 10 ms), or 0 if it cannot be read.
 func ProcessCPU(pid int) time.Duration {
