@@ -136,22 +136,45 @@ func (c *Caddy) load(cfg map[string]any) error {
 	return caddy.Load(b, true)
 }
 
-// Reload pushes cfg through the admin API's /load, as an operator would.
+// Reload pushes cfg through the admin API's /load, as an operator would
+// with `caddy reload --force`: Caddy reloads even a config equal to the
+// running one (without the force it would skip it and a test of "a reload
+// in the middle" would reload nothing). It returns once Caddy has stopped
+// its previous admin server. Caddy
+// serves the new config's admin endpoint on a second socket bound to the
+// same port (SO_REUSEPORT) and shuts the old one down in the background: a
+// connection the kernel hands to the old socket as it closes is reset, so
+// admin requests made before then could fail for no fault of ours.
 func (c *Caddy) Reload(t testing.TB, cfg map[string]any) {
 	t.Helper()
+	stopped := adminStops(c.Logs())
 	b, _ := json.Marshal(c.full(cfg))
 	req, _ := http.NewRequest(http.MethodPost, "http://"+c.Admin+"/load", bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Cache-Control", "must-revalidate") // reload even if unchanged
 	resp, err := adminClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST /load: %v", err)
 	}
-	defer resp.Body.Close()
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(resp.Body)
+	_ = resp.Body.Close() // the old server waits for this connection to end
 	if resp.StatusCode != http.StatusOK {
-		var body bytes.Buffer
-		_, _ = body.ReadFrom(resp.Body)
 		t.Fatalf("POST /load: %s: %s", resp.Status, body.String())
 	}
+	// Caddy gives the old server 10 s to finish its requests.
+	for deadline := time.Now().Add(15 * time.Second); adminStops(c.Logs()) == stopped; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Caddy did not stop its previous admin server after POST /load:\n%s", c.logTail(10))
+		}
+	}
+}
+
+// adminStops counts the admin servers Caddy reports stopping (or failing
+// to stop) in its log.
+func adminStops(log string) int {
+	return strings.Count(log, `"msg":"stopped previous server"`) +
+		strings.Count(log, `"msg":"stopping current admin endpoint"`)
 }
 
 // NoLeak registers strings (passwords) that must never reach the logs.
