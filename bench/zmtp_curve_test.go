@@ -18,8 +18,8 @@ const pyPeer = "../modules/l4zmtp/testdata/peer.py"
 // ends (python3-zmq): 2000 pipelined 64 KiB messages echoed by a CURVE
 // ROUTER, per path, one after the other in every iteration. The peers'
 // encryption dominates; what it shows is what each proxy costs on top.
-// It also reports the CPU time each path takes in all (client, worker and
-// Caddy) per GB relayed: where direct already keeps both CPUs busy, the
+// It also reports the CPU time each path takes per GB relayed, in all and
+// per process (client, worker, Caddy): where direct already keeps both CPUs busy, the
 // throughput a path can reach is bounded by direct's CPU over its own.
 func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 	if err := exec.Command("/usr/bin/python3", "-c", "import zmq").Run(); err != nil {
@@ -54,21 +54,20 @@ func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 	}}}})
 	const n, size = 2000, 64 << 10
 	secs := map[string]float64{}
-	cpu, caddyCPU := map[string]time.Duration{}, map[string]time.Duration{}
+	cpu := map[string]map[string]time.Duration{"client": {}, "worker": {}, "caddy": {}}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, path := range (paths{direct: worker, prelude: prelude, l4proxy: l4proxy}).each() {
-			proxy0 := caddy.CPUTime()
-			others := e2e.ProcessCPU(cmd.Process.Pid) + proxy0
+			caddy0, worker0 := caddy.CPUTime(), e2e.ProcessCPU(cmd.Process.Pid)
 			client := exec.Command("/usr/bin/python3", pyPeer, "throughput", path[1], "CURVE",
 				strconv.Itoa(n), strconv.Itoa(size), pub)
 			out, err := client.Output()
 			if err != nil {
 				b.Fatalf("%s: %v %s", path[0], err, out)
 			}
-			cpu[path[0]] += client.ProcessState.UserTime() + client.ProcessState.SystemTime() +
-				e2e.ProcessCPU(cmd.Process.Pid) + caddy.CPUTime() - others
-			caddyCPU[path[0]] += caddy.CPUTime() - proxy0
+			cpu["client"][path[0]] += client.ProcessState.UserTime() + client.ProcessState.SystemTime()
+			cpu["worker"][path[0]] += e2e.ProcessCPU(cmd.Process.Pid) - worker0
+			cpu["caddy"][path[0]] += caddy.CPUTime() - caddy0
 			s, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
 			if err != nil {
 				b.Fatalf("%s: %q", path[0], out)
@@ -85,11 +84,17 @@ func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 	b.ReportMetric(mbps["prelude"]/mbps["direct"], "prelude/direct")
 	b.ReportMetric(mbps["l4proxy"]/mbps["direct"], "l4proxy/direct")
 	gb := float64(b.N) * 2 * n * size / 1e9
-	for name, t := range cpu {
-		b.ReportMetric(t.Seconds()/gb, name+"-cpu-s/GB")
-		if name != "direct" {
-			b.ReportMetric(caddyCPU[name].Seconds()/gb, name+"-caddy-cpu-s/GB")
+	all := map[string]time.Duration{}
+	for part, byPath := range cpu {
+		for name, t := range byPath {
+			all[name] += t
+			if part != "caddy" || name != "direct" { // an in-process Caddy idles on direct
+				b.ReportMetric(t.Seconds()/gb, name+"-"+part+"-cpu-s/GB")
+			}
 		}
 	}
-	b.ReportMetric(float64(cpu["direct"])/float64(cpu["prelude"]), "prelude-cpu-bound")
+	for name, t := range all {
+		b.ReportMetric(t.Seconds()/gb, name+"-cpu-s/GB")
+	}
+	b.ReportMetric(float64(all["direct"])/float64(all["prelude"]), "prelude-cpu-bound")
 }
