@@ -9,7 +9,10 @@ import (
 // whose reads keep filling it reads into a large one while the burst
 // lasts, so that busy sessions move a lot per system call. Both are
 // borrowed from shared pools only while a read has bytes (Reader), so an
-// idle session on TCP sockets holds none.
+// idle session on TCP sockets holds none. Any other source (TLS, an AMQP
+// stream) blocks in its read holding the buffer it was given, so it is
+// read into small buffers only: a quiet session holds 16 KiB, never 1 MiB.
+// For TLS nothing is lost: a TLS read returns at most one record, 16 KiB.
 const (
 	smallBuffer = 16 << 10
 	largeBuffer = 1 << 20
@@ -48,7 +51,7 @@ func CopyAdaptive(dst io.Writer, src io.Reader, seen func([]byte)) (int64, error
 			return n, err
 		}
 		switch {
-		case buffers == &smallBuffers && len(b) == smallBuffer:
+		case buffers == &smallBuffers && len(b) == smallBuffer && r.WaitsUnbuffered():
 			buffers = &largeBuffers
 		case buffers == &largeBuffers && len(b) < largeBuffer/16:
 			buffers = &smallBuffers

@@ -45,6 +45,11 @@ func NewReader(src io.Reader, first []byte) *Reader {
 	return r
 }
 
+// WaitsUnbuffered reports whether r waits for bytes without holding a
+// buffer: it reads a TCP socket directly. Otherwise a Read blocks holding
+// the buffer it borrowed.
+func (r *Reader) WaitsUnbuffered() bool { return r.raw != nil }
+
 // Limit makes each Read return at most n bytes (n > 0), for a caller that
 // paces what it forwards.
 func (r *Reader) Limit(n int) { r.max = n }
