@@ -159,6 +159,11 @@ const readBufferSize = 32 << 10
 
 var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
 
+// recordBuffers serve a side read through TLS, which blocks holding its
+// buffer: a TLS read returns at most one record, 16 KiB of plaintext, so
+// a larger buffer would only be held longer for nothing.
+var recordBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
 // errIdle ends a connection that passed no byte for idle_timeout.
 var errIdle = errors.New("idle timeout")
 
@@ -177,6 +182,10 @@ func (p *proxied) pipe(dir foo.Direction) error {
 	}
 	rd := relay.NewReader(src, first)
 	defer rd.Release()
+	buffers := &readBuffers
+	if !rd.WaitsUnbuffered() {
+		buffers = &recordBuffers
+	}
 	var deadline time.Time
 	if p.idle > 0 {
 		deadline = time.Now().Add(p.idle)
@@ -184,7 +193,7 @@ func (p *proxied) pipe(dir foo.Direction) error {
 		_ = dst.SetWriteDeadline(deadline)
 	}
 	for {
-		b, rerr := rd.Read(&readBuffers)
+		b, rerr := rd.Read(buffers)
 		if len(b) > 0 {
 			now := time.Now()
 			deadline = p.moved(src, dst, deadline, now)
