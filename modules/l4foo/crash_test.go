@@ -1,10 +1,16 @@
 package l4foo_test
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,5 +80,86 @@ func TestKill9KeepsTotals(t *testing.T) {
 	}
 	if !strings.Contains(c3.Logs(), "ignoring foo recovery file") {
 		t.Fatalf("corrupt recovery file not reported:\n%s", c3.Logs())
+	}
+}
+
+// TestKill9MidTrafficKeepsTotalsWithinASecond: while a client keeps
+// sending, the recovery file is replaced at least once a second; kill -9
+// Caddy at a moment unrelated to those saves, restart it on the same file,
+// and find the totals within one second's worth of what the client had
+// counted when Caddy died.
+func TestKill9MidTrafficKeepsTotalsWithinASecond(t *testing.T) {
+	bin := e2e.BuildCaddy(t, "../..")
+	srv := footest.StartServer(t, footest.ServerOptions{})
+	recovery := filepath.Join(t.TempDir(), "foo-default.json")
+	addr := e2e.FreePort(t)
+	c := e2e.StartCaddyProcess(t, bin, "", config(addr, srv.Addr, recovery))
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// One request at a time: the client has its answer for every request
+	// but the one in flight. answered[i] is when request i+1 was answered.
+	var (
+		mu       sync.Mutex
+		answered []time.Time
+	)
+	clientDone := make(chan struct{})
+	go func() {
+		defer close(clientDone)
+		r := bufio.NewReader(conn)
+		for seq := 1; ; seq++ {
+			if _, err := fmt.Fprintf(conn, "REQ %d payload\n", seq); err != nil {
+				return
+			}
+			if _, err := r.ReadSlice('\n'); err != nil {
+				return
+			}
+			mu.Lock()
+			answered = append(answered, time.Now())
+			mu.Unlock()
+		}
+	}()
+	// Under this load the file is replaced at least once a second.
+	var saves []time.Time
+	for start := time.Now(); time.Since(start) < 2500*time.Millisecond; time.Sleep(10 * time.Millisecond) {
+		if fi, err := os.Stat(recovery); err == nil && (len(saves) == 0 || fi.ModTime().After(saves[len(saves)-1])) {
+			saves = append(saves, fi.ModTime())
+		}
+	}
+	if len(saves) < 3 {
+		t.Fatalf("the recovery file was saved %d times in 2.5 s under load", len(saves))
+	}
+	for i := 1; i < len(saves); i++ {
+		if gap := saves[i].Sub(saves[i-1]); gap > time.Second {
+			t.Fatalf("%v between two saves under load, want at most a second", gap)
+		}
+	}
+	// Kill at a moment unrelated to the saves' rhythm.
+	time.Sleep(time.Duration(rand.Int64N(int64(time.Second))))
+	killed := time.Now()
+	c.Signal(t, syscall.SIGKILL)
+	if !c.Exited(5 * time.Second) {
+		t.Fatal("kill -9 did not end caddy")
+	}
+	<-clientDone
+	mu.Lock()
+	total := len(answered)
+	secondBefore := sort.Search(total, func(i int) bool { return answered[i].After(killed.Add(-time.Second)) })
+	mu.Unlock()
+	if total-secondBefore < 100 {
+		t.Fatalf("only %d requests answered in the last second before the kill: not under load", total-secondBefore)
+	}
+	c2 := e2e.StartCaddyProcess(t, bin, "", config(addr, srv.Addr, recovery))
+	r := stats(t, c2)
+	// Caddy counts a request when it forwards it and an answer when it
+	// forwards it; the client, an answer when it reads it: Caddy may be
+	// one request and one answer ahead.
+	req, answers := int(r.MsgReq), int(r.MsgAck+r.MsgNak)
+	t.Logf("client: %d answered, %d in the last second; restored: %d requests, %d answers", total, total-secondBefore, req, answers)
+	if req < secondBefore || req > total+1 || answers < secondBefore || answers > total+1 {
+		t.Fatalf("restored %d requests and %d answers; the client had %d answered, %d of them over a second before the kill",
+			req, answers, total, secondBefore)
 	}
 }
