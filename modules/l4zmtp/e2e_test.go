@@ -153,7 +153,8 @@ func TestKilledWorkerEndsItsPair(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	if line, _ := bufio.NewReader(out).ReadString('\n'); strings.TrimSpace(line) != "ok" {
+	lines := bufio.NewReader(out)
+	if line, _ := lines.ReadString('\n'); strings.TrimSpace(line) != "ok" {
 		t.Fatalf("client: %q", line)
 	}
 	var pairs []map[string]any
@@ -169,6 +170,17 @@ func TestKilledWorkerEndsItsPair(t *testing.T) {
 		t.Fatalf("live pairs: %v", pairs)
 	}
 	_ = worker.Process.Kill()
+	// The proxy closes the client's connection: libzmq reports it.
+	disconnected := make(chan string, 1)
+	go func() { line, _ := lines.ReadString('\n'); disconnected <- strings.TrimSpace(line) }()
+	select {
+	case line := <-disconnected:
+		if line != "disconnected" {
+			t.Fatalf("client after the worker died: %q", line)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client's connection stayed open after its worker died")
+	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if getPairs(); len(pairs) == 0 {
 			break

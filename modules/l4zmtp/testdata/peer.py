@@ -4,7 +4,7 @@ worker ADDR MECH [SECRET PUBLIC]   ROUTER bound to ADDR echoing every message
 poolworker ADDR MECH [SECRET PUBLIC] ROUTER connecting to ADDR (a zmtp_workers listener), echoing
 poolworkerfrom ADDR NULL SRCIP      the same, NULL, connecting from source address SRCIP
 client ADDR MECH [SERVERPUB] SIZE  DEALER: sends [b"hello", SIZE bytes], expects the echo
-holdclient ADDR MECH SIZE           like client, then prints "paired" and stays connected
+holdclient ADDR MECH SIZE           like client, then stays connected; prints "disconnected" when libzmq sees the connection end
 repworker ADDR MECH [bind|connect]  REP echo worker
 reqclient ADDR MECH SIZE           REQ: one request of SIZE bytes, expects the echo
 idclient ADDR NULL IDENTITY SIZE   client with a routing identity
@@ -122,6 +122,8 @@ def main():
         size = int(sys.argv[4])
     else:
         size = int(sys.argv[4])
+    if role == "holdclient":
+        monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     s.connect("tcp://" + addr)
     big = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     s.send_multipart([b"hello", big])
@@ -135,8 +137,9 @@ def main():
         return 3
     print("ok", flush=True)
     if role == "holdclient":
-        import time
-        time.sleep(60)
+        from zmq.utils.monitor import recv_monitor_message
+        recv_monitor_message(monitor)  # blocks until the connection ends
+        print("disconnected", flush=True)
     return 0
 
 sys.exit(main())
