@@ -145,7 +145,7 @@ func copyUp(dst, src net.Conn, rate int64) (int64, error) {
 	var n int64
 	start := time.Now()
 	for {
-		b, err := r.Read(&throttledBuffers)
+		b, err := r.Read(throttledBuffers)
 		if len(b) > 0 {
 			w, werr := dst.Write(b)
 			n += int64(w)
@@ -166,4 +166,4 @@ func copyUp(dst, src net.Conn, rate int64) (int64, error) {
 // throttledRead is the most a session with a data rate reads at once.
 const throttledRead = 64 << 10
 
-var throttledBuffers = sync.Pool{New: func() any { b := make([]byte, throttledRead); return &b }}
+var throttledBuffers = relay.NewBuffers(throttledRead)

@@ -157,12 +157,12 @@ type proxied struct {
 // and shrink were slower or less steady; BENCHMARKS.md).
 const readBufferSize = 32 << 10
 
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+var readBuffers = relay.NewBuffers(readBufferSize)
 
 // recordBuffers serve a side read through TLS, which blocks holding its
 // buffer: a TLS read returns at most one record, 16 KiB of plaintext, so
 // a larger buffer would only be held longer for nothing.
-var recordBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+var recordBuffers = relay.NewBuffers(16 << 10)
 
 // errIdle ends a connection that passed no byte for idle_timeout.
 var errIdle = errors.New("idle timeout")
@@ -182,9 +182,9 @@ func (p *proxied) pipe(dir foo.Direction) error {
 	}
 	rd := relay.NewReader(src, first)
 	defer rd.Release()
-	buffers := &readBuffers
+	buffers := readBuffers
 	if !rd.WaitsUnbuffered() {
-		buffers = &recordBuffers
+		buffers = recordBuffers
 	}
 	var deadline time.Time
 	if p.idle > 0 {

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"io"
-	"sync"
 )
 
 // Buffer sizes of CopyAdaptive: a copy reads into a small buffer; a copy
@@ -13,14 +12,21 @@ import (
 // stream) blocks in its read holding the buffer it was given, so it is
 // read into small buffers only: a quiet session holds 16 KiB, never 1 MiB.
 // For TLS nothing is lost: a TLS read returns at most one record, 16 KiB.
+//
+// A buffer is also held while its bytes are written on, which lasts as
+// long as the destination is slow to take them (a slow consumer behind a
+// fast broker holds its buffer nearly all the time). So at most
+// maxLargeLent large buffers are out at once, 64 MiB in all; past that,
+// copies read into small ones.
 const (
-	smallBuffer = 16 << 10
-	largeBuffer = 1 << 20
+	smallBuffer  = 16 << 10
+	largeBuffer  = 1 << 20
+	maxLargeLent = 64
 )
 
 var (
-	smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBuffer); return &b }}
-	largeBuffers = sync.Pool{New: func() any { b := make([]byte, largeBuffer); return &b }}
+	smallBuffers = NewBuffers(smallBuffer)
+	largeBuffers = NewLimitedBuffers(largeBuffer, maxLargeLent, smallBuffers)
 )
 
 // CopyAdaptive copies src to dst through user space, calling seen (if not
@@ -30,7 +36,7 @@ var (
 func CopyAdaptive(dst io.Writer, src io.Reader, seen func([]byte)) (int64, error) {
 	r := NewReader(src, nil)
 	defer r.Release()
-	buffers := &smallBuffers
+	buffers := smallBuffers
 	var n int64
 	for {
 		b, err := r.Read(buffers)
@@ -51,10 +57,10 @@ func CopyAdaptive(dst io.Writer, src io.Reader, seen func([]byte)) (int64, error
 			return n, err
 		}
 		switch {
-		case buffers == &smallBuffers && len(b) == smallBuffer && r.WaitsUnbuffered():
-			buffers = &largeBuffers
-		case buffers == &largeBuffers && len(b) < largeBuffer/16:
-			buffers = &smallBuffers
+		case buffers == smallBuffers && len(b) == smallBuffer && r.WaitsUnbuffered():
+			buffers = largeBuffers
+		case buffers == largeBuffers && len(b) < largeBuffer/16:
+			buffers = smallBuffers // also when the large ones were all out
 		}
 	}
 }

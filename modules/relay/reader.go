@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"syscall"
 )
 
@@ -18,16 +17,16 @@ type Reader struct {
 	src   io.Reader
 	raw   syscall.RawConn // nil unless src is a *net.TCPConn
 	tcp   *net.TCPConn
-	buf   *[]byte    // borrowed: holds what the last Read returned
-	from  *sync.Pool // where buf came from
-	first []byte     // returned by the first Read, before src is read
-	max   int        // if > 0, a Read returns at most max bytes
+	buf   *[]byte  // borrowed: holds what the last Read returned
+	from  *Buffers // where buf came from
+	first []byte   // returned by the first Read, before src is read
+	max   int      // if > 0, a Read returns at most max bytes
 
 	// The raw read: readFD is r.readSocket, bound once (a closure made
 	// per Read would be allocated per Read); it borrows from want and
 	// leaves the read(2) result in n and errno.
 	readFD func(fd uintptr) bool
-	want   *sync.Pool
+	want   *Buffers
 	n      int
 	errno  error
 }
@@ -54,10 +53,10 @@ func (r *Reader) WaitsUnbuffered() bool { return r.raw != nil }
 // paces what it forwards.
 func (r *Reader) Limit(n int) { r.max = n }
 
-// Read returns the next bytes, read into a buffer from buffers (a pool of
-// *[]byte), valid until Release or the next Read. At the end of the stream
+// Read returns the next bytes, read into a buffer borrowed from buffers,
+// valid until Release or the next Read. At the end of the stream
 // it returns io.EOF. Deadlines set on the connection apply.
-func (r *Reader) Read(buffers *sync.Pool) ([]byte, error) {
+func (r *Reader) Read(buffers *Buffers) ([]byte, error) {
 	r.Release()
 	if b := r.first; len(b) > 0 {
 		if r.max > 0 && len(b) > r.max {
@@ -117,14 +116,14 @@ func (r *Reader) space() []byte {
 	return *r.buf
 }
 
-func (r *Reader) borrow(buffers *sync.Pool) {
-	r.buf, r.from = buffers.Get().(*[]byte), buffers
+func (r *Reader) borrow(buffers *Buffers) {
+	r.buf, r.from = buffers.get()
 }
 
 // Release gives the buffer of the last Read back to its pool.
 func (r *Reader) Release() {
 	if r.buf != nil {
-		r.from.Put(r.buf)
+		r.from.put(r.buf)
 		r.buf, r.from = nil, nil
 	}
 }

@@ -39,7 +39,7 @@ func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 func readAll(r *Reader) ([]byte, error) {
 	var got []byte
 	for {
-		b, err := r.Read(&smallBuffers)
+		b, err := r.Read(smallBuffers)
 		got = append(got, b...)
 		if err != nil {
 			return got, err
@@ -70,10 +70,10 @@ func TestReader(t *testing.T) {
 				t.Fatalf("raw reads: %v, want %v", r.raw != nil, tc.raw)
 			}
 			_ = rc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-			if b, err := r.Read(&smallBuffers); string(b) != "REQ 1 " || err != nil {
+			if b, err := r.Read(smallBuffers); string(b) != "REQ 1 " || err != nil {
 				t.Fatalf("first Read = %q, %v", b, err)
 			}
-			if b, err := r.Read(&smallBuffers); len(b) != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			if b, err := r.Read(smallBuffers); len(b) != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("Read of a silent connection = %q, %v; want the deadline", b, err)
 			}
 			if r.buf != nil {
@@ -127,7 +127,7 @@ func TestReaderDoesNotAllocate(t *testing.T) {
 		if _, err := b.Write(msg); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := r.Read(&smallBuffers); err != nil || len(got) == 0 {
+		if got, err := r.Read(smallBuffers); err != nil || len(got) == 0 {
 			t.Fatalf("Read = %q, %v", got, err)
 		}
 		r.Release()
@@ -151,7 +151,7 @@ func TestReaderLimit(t *testing.T) {
 	_ = b.Close()
 	var got []byte
 	for {
-		p, err := r.Read(&smallBuffers)
+		p, err := r.Read(smallBuffers)
 		if len(p) > 7 {
 			t.Fatalf("Read returned %d bytes, over the limit of 7", len(p))
 		}
