@@ -57,10 +57,7 @@ func TestMatchFirstLine(t *testing.T) {
 const exchange = "REQ 1 abcd\nREQ 2 efghijklmnop\nACK 1\nNAK 2 0123456789abcdef0123456789abcdef\n"
 
 func TestScannerEverySplit(t *testing.T) {
-	var want []string
-	for _, l := range strings.Split(strings.TrimSuffix(exchange, "\n"), "\n") {
-		want = append(want, l)
-	}
+	want := strings.Split(strings.TrimSuffix(exchange, "\n"), "\n")
 	for i := 0; i <= len(exchange); i++ {
 		for j := i; j <= len(exchange); j++ {
 			s := NewScanner(64)

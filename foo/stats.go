@@ -21,10 +21,9 @@ type Stats struct {
 	active                 atomic.Int64
 	requests, responses    Window
 
-	latMu   sync.Mutex
-	lat     [latencySamples]time.Duration
-	latN    int // samples written so far (the ring holds the last latencySamples)
-	restore time.Time
+	latMu sync.Mutex
+	lat   [latencySamples]time.Duration
+	latN  int // samples written so far (the ring holds the last latencySamples)
 }
 
 // latencySamples is how many recent request->response latencies the

@@ -18,7 +18,6 @@ type Relay struct {
 	Addr  string
 	Conns atomic.Int64
 	ln    net.Listener
-	wg    sync.WaitGroup
 
 	mu     sync.Mutex
 	live   map[net.Conn]struct{}
