@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/relay"
 )
 
 func init() {
@@ -83,6 +84,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults and provisions the farms.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	relay.RegisterMetrics(ctx.GetMetricsRegistry())
 	h.logger = ctx.Logger()
 	h.ctx = ctx
 	if app, err := ctx.AppIfConfigured("events"); err == nil { // no events app: no subscribers

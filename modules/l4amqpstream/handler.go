@@ -51,6 +51,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves the broker and takes a reference on its shared
 // connection (opened at the first stream).
 func (h *Handler) Provision(ctx caddy.Context) error {
+	relay.RegisterMetrics(ctx.GetMetricsRegistry())
 	h.logger = ctx.Logger()
 	initMetrics(ctx.GetMetricsRegistry())
 	if h.Queue == "" {

@@ -152,6 +152,10 @@ func TestErrorRoutesReachGitStderr(t *testing.T) {
 			t.Errorf("%s rose by %v, want %v", series, got, want)
 		}
 	}
+	// Every relaying handler serves the relay's buffer metrics.
+	if got := w.caddy.MetricValue(t, "caddy_layer4_relay_large_buffers_limit"); got != 64 {
+		t.Errorf("caddy_layer4_relay_large_buffers_limit %v, want 64", got)
+	}
 }
 
 func TestHostRouteWithIPHashAndFailover(t *testing.T) {

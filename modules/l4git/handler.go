@@ -54,6 +54,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults and provisions the farm.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	relay.RegisterMetrics(ctx.GetMetricsRegistry())
 	h.logger = ctx.Logger()
 	h.metrics = initMetrics(ctx.GetMetricsRegistry())
 	if h.RequestTimeout == 0 {

@@ -50,6 +50,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision parses Allow and sets defaults.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	relay.RegisterMetrics(ctx.GetMetricsRegistry())
 	h.logger = ctx.Logger()
 	if h.DialTimeout == 0 {
 		h.DialTimeout = caddy.Duration(5 * time.Second)

@@ -13,6 +13,7 @@ type Buffers struct {
 	pool     sync.Pool
 	limit    int64 // 0: none
 	lent     atomic.Int64
+	fellBack atomic.Uint64 // loans the limit sent to the fallback
 	fallback *Buffers
 }
 
@@ -35,6 +36,7 @@ func NewLimitedBuffers(size int, limit int64, fallback *Buffers) *Buffers {
 func (b *Buffers) get() (*[]byte, *Buffers) {
 	if b.limit > 0 && b.lent.Add(1) > b.limit {
 		b.lent.Add(-1)
+		b.fellBack.Add(1)
 		return b.fallback.get()
 	}
 	return b.pool.Get().(*[]byte), b
@@ -50,3 +52,6 @@ func (b *Buffers) put(p *[]byte) {
 
 // Lent is how many buffers are out (counted only with a limit).
 func (b *Buffers) Lent() int64 { return b.lent.Load() }
+
+// FellBack is how many loans the limit sent to the fallback so far.
+func (b *Buffers) FellBack() uint64 { return b.fellBack.Load() }
