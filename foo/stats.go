@@ -116,10 +116,23 @@ func (c *Conn) Stream(d Direction, maxLine int) *Stream {
 }
 
 // Observe analyses the complete lines in b as one batch and keeps a
-// partial line for the next call. On ErrLineTooLong the lines before the
-// long one are counted and the long one is not: the caller counts it
+// partial line for the next call. On a line over the limit it returns a
+// *LineTooLongError (errors.Is ErrLineTooLong): the lines before the long
+// one are counted and the long one is not; the caller counts it
 // (Stats.Invalid) as it ends the connection.
 func (st *Stream) Observe(b []byte) error { return st.ObserveAt(b, st.c.s.now()) }
+
+// LineTooLongError says where in the observed bytes the line over the
+// limit starts: b[:Start] are complete lines, all counted. Begun is true
+// when the line started in an earlier call (its first bytes were in
+// bytes observed before; Start is then 0).
+type LineTooLongError struct {
+	Start int
+	Begun bool
+}
+
+func (e *LineTooLongError) Error() string        { return ErrLineTooLong.Error() }
+func (e *LineTooLongError) Is(target error) bool { return target == ErrLineTooLong }
 
 // ObserveAt is Observe for bytes read at now, for a caller that already
 // read the clock (the Stats' own clock is not consulted).
@@ -135,10 +148,17 @@ func (st *Stream) ObserveAt(b []byte, now time.Time) error {
 // the scanner, then whole lines in place, then the scanner again for
 // what observeWhole leaves (a partial or too long line).
 func (st *Stream) observe(b []byte) error {
+	all := len(b)
+	tooLong := func(rest []byte) error {
+		return &LineTooLongError{Start: all - len(rest), Begun: len(st.sc.partial) > 0}
+	}
 	if len(st.sc.partial) > 0 {
 		line, rest, ok, err := st.sc.next(b)
+		if err != nil {
+			return tooLong(b)
+		}
 		if !ok {
-			return err
+			return nil
 		}
 		st.sd.observe(line)
 		b = rest
@@ -146,8 +166,11 @@ func (st *Stream) observe(b []byte) error {
 	b = st.sd.observeWhole(b, st.sc.max)
 	for {
 		line, rest, ok, err := st.sc.next(b)
+		if err != nil {
+			return tooLong(b)
+		}
 		if !ok {
-			return err
+			return nil
 		}
 		st.sd.observe(line)
 		b = rest

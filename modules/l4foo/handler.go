@@ -129,8 +129,8 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if e := <-errc; err == nil {
 		err = e
 	}
-	if p.expired.Load() {
-		closeIdle(cx.Conn, p.torn)
+	if p.aborted.Load() {
+		closeAborted(cx.Conn, p.torn)
 	}
 	h.logger.Debug("foo connection ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", lease.Member.Addr), zap.Error(err))
@@ -149,7 +149,7 @@ type proxied struct {
 	toClient sync.Mutex   // writes to the client: answers, or the proxy's NAKs
 	torn     bool         // with toClient: a write to the client failed, maybe mid-line
 	last     atomic.Int64 // when a byte last moved either way, unix ns
-	expired  atomic.Bool
+	aborted  atomic.Bool  // the proxy ended the connection (abort)
 }
 
 // readBufferSize is the size of the buffers reads borrow. 32 KiB measured
@@ -202,8 +202,12 @@ func (p *proxied) pipe(dir foo.Direction) error {
 				p.expire() // the other side took nothing for idle_timeout
 				return errIdle
 			}
+			if errors.Is(err, foo.ErrLineTooLong) {
+				p.tooLong(dir)
+				return err
+			}
 			if err != nil {
-				if !p.expired.Load() { // else Handle closes the client after the NAKs
+				if !p.aborted.Load() { // else Handle closes the client after the NAKs
 					closeBoth(dst, src)
 				}
 				return err
@@ -211,7 +215,7 @@ func (p *proxied) pipe(dir foo.Direction) error {
 		}
 		switch {
 		case rerr == nil:
-		case errors.Is(rerr, os.ErrDeadlineExceeded) && p.idle > 0 && !p.expired.Load():
+		case errors.Is(rerr, os.ErrDeadlineExceeded) && p.idle > 0 && !p.aborted.Load():
 			// Silent this way for idle_timeout; the other way may not be.
 			if next := time.Unix(0, p.last.Load()).Add(p.idle); time.Until(next) > 0 {
 				deadline = next
@@ -228,7 +232,7 @@ func (p *proxied) pipe(dir foo.Direction) error {
 			}
 			return nil
 		default:
-			if !p.expired.Load() {
+			if !p.aborted.Load() {
 				closeBoth(dst, src)
 			}
 			return rerr
@@ -257,12 +261,19 @@ func (p *proxied) forward(dir foo.Direction, st *foo.Stream, dst net.Conn, b []b
 	if dir == foo.FromServer {
 		p.toClient.Lock()
 		defer p.toClient.Unlock()
-		if p.expired.Load() {
+		if p.aborted.Load() {
 			return errIdle // the client already has the proxy's NAKs
 		}
 	}
 	if err := st.ObserveAt(b, now); err != nil {
 		p.h.set.Stats.Invalid()
+		// The complete lines before the long one are counted: pass them on.
+		var long *foo.LineTooLongError
+		if errors.As(err, &long) && long.Start > 0 {
+			if _, werr := dst.Write(b[:long.Start]); werr != nil && dir == foo.FromServer {
+				p.torn = true
+			}
+		}
 		return err
 	}
 	_, err := dst.Write(b)
@@ -272,13 +283,34 @@ func (p *proxied) forward(dir foo.Direction, st *foo.Stream, dst net.Conn, b []b
 	return err
 }
 
-// expire ends an idle connection: requests still unanswered get
-// "NAK <seq> proxy: no answer within <idle_timeout>" — unless the server
-// left the client in the middle of a line — then the server side closes
-// and the client's reader stops; Handle closes the client after the NAKs.
+// expire ends a connection that passed no byte for idle_timeout (abort).
 func (p *proxied) expire() {
-	if !p.expired.CompareAndSwap(false, true) {
-		return
+	if p.abort(fmt.Sprintf("proxy: no answer within %s", p.idle)) {
+		p.h.logger.Debug("foo connection idle", zap.String("remote", p.client.RemoteAddr().String()),
+			zap.Duration("idle_timeout", p.idle))
+	}
+}
+
+// tooLong ends a connection on which dir sent a line over max_line (abort).
+func (p *proxied) tooLong(dir foo.Direction) {
+	from := "client"
+	if dir == foo.FromServer {
+		from = "server"
+	}
+	if p.abort(fmt.Sprintf("proxy: a line from the %s is over max_line (%d bytes)", from, p.h.MaxLine)) {
+		p.h.logger.Debug("foo line over max_line", zap.String("remote", p.client.RemoteAddr().String()),
+			zap.String("from", from), zap.Int("max_line", p.h.MaxLine))
+	}
+}
+
+// abort ends the connection on the proxy's own account: requests still
+// unanswered get "NAK <seq> <reason>" — unless the client was left in the
+// middle of a line — then the server side closes and the client's reader
+// stops; Handle closes the client after the NAKs (closeAborted). Only the
+// first call acts; it reports whether it did.
+func (p *proxied) abort(reason string) bool {
+	if !p.aborted.CompareAndSwap(false, true) {
+		return false
 	}
 	// An answer stuck in a write to a client that stopped reading holds
 	// toClient: make it give up.
@@ -287,7 +319,7 @@ func (p *proxied) expire() {
 	if seqs := p.conn.Outstanding(); len(seqs) > 0 && p.answers.AtLineStart() && !p.torn {
 		var b []byte
 		for _, seq := range seqs {
-			b = fmt.Appendf(b, "NAK %d proxy: no answer within %s\n", seq, p.idle)
+			b = fmt.Appendf(b, "NAK %d %s\n", seq, reason)
 		}
 		_ = p.client.SetWriteDeadline(time.Now().Add(time.Second))
 		if _, err := p.client.Conn.Write(b); err == nil {
@@ -295,19 +327,19 @@ func (p *proxied) expire() {
 		}
 	}
 	p.toClient.Unlock()
-	p.h.logger.Debug("foo connection idle", zap.String("remote", p.client.RemoteAddr().String()),
-		zap.Duration("idle_timeout", p.idle))
 	_ = p.server.Close()
 	_ = p.client.SetReadDeadline(time.Now())
+	return true
 }
 
-// closeIdle ends an idle client connection. Normally it half-closes and
-// gives the client a second to read the NAKs (relay.CloseAfterReply). But a
+// closeAborted ends a client connection the proxy aborted. Normally it
+// half-closes and gives the client a second to read the NAKs
+// (relay.CloseAfterReply). But a
 // client that does not take what was written to it (torn: a write to it
 // failed; or bytes still unacknowledged after that second) would be left
 // blocked in its own writes behind our FIN and its zero window: it gets a
 // TCP reset instead, the only thing it can still receive.
-func closeIdle(c net.Conn, torn bool) {
+func closeAborted(c net.Conn, torn bool) {
 	if !torn {
 		relay.DrainAfterReply(c, time.Second)
 	}
