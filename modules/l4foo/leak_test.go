@@ -23,7 +23,7 @@ func TestManyConnectionsLeaveNothing(t *testing.T) {
 	srv := footest.StartServer(t, footest.ServerOptions{})
 	addr := e2e.FreePort(t)
 	c := e2e.StartCaddy(t, config(addr, srv.Addr, filepath.Join(t.TempDir(), "foo.json"),
-		map[string]any{"idle_timeout": "300ms"}))
+		map[string]any{"idle_timeout": "1s"}))
 	if _, err := footest.Run(addr, footest.ClientOptions{Requests: 1}); err != nil {
 		t.Fatal(err)
 	}
