@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -319,4 +320,21 @@ func (c *Caddy) Get(t testing.TB, path string) (int, string) {
 	var b bytes.Buffer
 	_, _ = b.ReadFrom(resp.Body)
 	return resp.StatusCode, b.String()
+}
+
+// WaitGoroutines waits up to timeout for this process to be back to at most
+// base+2 goroutines (base counted before the connections under test, after a
+// warm-up one), and fails the test with every goroutine's stack if it is not.
+func WaitGoroutines(t testing.TB, base int, timeout time.Duration) {
+	t.Helper()
+	var now int
+	for deadline := time.Now().Add(timeout); ; time.Sleep(20 * time.Millisecond) {
+		if now = runtime.NumGoroutine(); now <= base+2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if now > base+2 {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines once the connections ended, %d before:\n%s", now, base, buf[:runtime.Stack(buf, true)])
+	}
 }

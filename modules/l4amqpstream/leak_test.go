@@ -93,14 +93,5 @@ func TestManyStreamsLeaveNothing(t *testing.T) {
 		go func() { defer wg.Done(); endings[i%len(endings)]() }()
 	}
 	wg.Wait()
-	var now int
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if now = runtime.NumGoroutine(); now <= base+2 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if now > base+2 {
-		buf := make([]byte, 1<<20)
-		t.Fatalf("%d goroutines after 30 streams ended, %d before:\n%s", now, base, buf[:runtime.Stack(buf, true)])
-	}
+	e2e.WaitGoroutines(t, base, 15*time.Second)
 }

@@ -95,14 +95,5 @@ func TestManyConnectionsLeaveNothing(t *testing.T) {
 	if n := strings.Count(c.Logs(), `"msg":"foo connection idle"`); n != 40 {
 		t.Fatalf("%d connections ended by idle_timeout, want 40", n)
 	}
-	var now int
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if now = runtime.NumGoroutine(); now <= base+2 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if now > base+2 {
-		buf := make([]byte, 1<<20)
-		t.Fatalf("%d goroutines after 100 connections ended, %d before:\n%s", now, base, buf[:runtime.Stack(buf, true)])
-	}
+	e2e.WaitGoroutines(t, base, 5*time.Second)
 }

@@ -88,14 +88,5 @@ func TestManyRequestsLeaveNothing(t *testing.T) {
 		go func() { defer wg.Done(); endings[i%len(endings)]() }()
 	}
 	wg.Wait()
-	var now int
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if now = runtime.NumGoroutine(); now <= base+2 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if now > base+2 {
-		buf := make([]byte, 1<<20)
-		t.Fatalf("%d goroutines after 40 requests ended, %d before:\n%s", now, base, buf[:runtime.Stack(buf, true)])
-	}
+	e2e.WaitGoroutines(t, base, 10*time.Second)
 }

@@ -106,14 +106,5 @@ func TestManySessionsLeaveNothing(t *testing.T) {
 	_ = poolWorker.Wait()
 	waitParked(t, c, 0)
 
-	var now int
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if now = runtime.NumGoroutine(); now <= base+2 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if now > base+2 {
-		buf := make([]byte, 1<<20)
-		t.Fatalf("%d goroutines after the sessions ended, %d before:\n%s", now, base, buf[:runtime.Stack(buf, true)])
-	}
+	e2e.WaitGoroutines(t, base, 10*time.Second)
 }
