@@ -52,13 +52,15 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 	caddy := startBenchCaddy(b, cfg)
 	p := paths{direct: srv.Addr, prelude: prelude, l4proxy: l4proxy}
 	perConn := requests / conns
-	msgs, took, cpu := map[string]int{}, map[string]time.Duration{}, map[string]time.Duration{}
+	msgs, took := map[string]int{}, map[string]time.Duration{}
+	cpu, caddyCPU := map[string]time.Duration{}, map[string]time.Duration{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, path := range p.each() {
-			cpu0 := totalCPU(caddy)
+			cpu0, caddy0 := totalCPU(caddy), caddy.CPUTime()
 			n, d, err := footest.Load(path[1], conns, perConn)
 			cpu[path[0]] += totalCPU(caddy) - cpu0
+			caddyCPU[path[0]] += caddy.CPUTime() - caddy0
 			if err != nil {
 				b.Fatalf("%s: %v", path[0], err)
 			}
@@ -77,6 +79,9 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 	for name := range msgs {
 		b.ReportMetric(float64(cpu[name])/float64(msgs[name]), name+"-cpu-ns/msg")
 		b.ReportMetric(cpu[name].Seconds()/took[name].Seconds(), name+"-cpus")
+		if caddy.Separate() && name != "direct" {
+			b.ReportMetric(caddyCPU[name].Seconds()/took[name].Seconds(), name+"-caddy-cpus")
+		}
 	}
 
 }
