@@ -52,15 +52,17 @@ func TestIdleTimeoutNAKsWhatIsOutstanding(t *testing.T) {
 	_ = conn.SetDeadline(time.Now().Add(15 * time.Second))
 	// Twenty requests 100 ms apart: two seconds in all, over two idle
 	// timeouts, with 700 ms to spare for a slow machine between two of them.
+	// last is taken before the write: the proxy cannot see a request
+	// before it is written, but this goroutine may run late after it.
 	var last time.Time
 	for seq := 1; seq <= 20; seq++ {
 		if seq > 1 {
 			time.Sleep(100 * time.Millisecond)
 		}
+		last = time.Now()
 		if _, err := fmt.Fprintf(conn, "REQ %d x\n", seq); err != nil {
 			t.Fatalf("request %d: the connection was closed while requests flowed: %v", seq, err)
 		}
-		last = time.Now()
 	}
 	got, err := io.ReadAll(conn)
 	if err != nil {
