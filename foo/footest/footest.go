@@ -251,12 +251,23 @@ func Load(addr string, conns, perConn int) (int, time.Duration, error) {
 	return 2 * conns * perConn, took, nil
 }
 
+// loadReadBuffer is the receive buffer of a Load connection.
+const loadReadBuffer = 1 << 20
+
 func loadOne(addr string, n int) error {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	// A fixed receive buffer. With the autotuned one, a sender holding
+	// more than one loopback segment (up to 64 KiB) for this client
+	// stalled now and then: the client had read everything, yet the
+	// sender still saw a window smaller than a segment and sent nothing
+	// until its persist timer fired, 200 ms later (seen with ss). Proxies,
+	// which queue answers in bulk, hit that; a server writing small
+	// batches rarely does (BENCHMARKS.md, Foo messages).
+	_ = c.(*net.TCPConn).SetReadBuffer(loadReadBuffer)
 	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
 	werr := make(chan error, 1)
 	go func() {
