@@ -35,8 +35,7 @@ const DefaultMaxLine = 64 << 10
 const DefaultIdleTimeout = 5 * time.Minute
 
 // Handler proxies Foo connections to a farm while counting every line in
-// both directions. Unlike the other handlers it must see every byte, so it
-// copies through userspace instead of splicing.
+// both directions: every read is analysed before it is written on.
 type Handler struct {
 	// The upstream farm (to, lb_policy, dial_timeout, ...).
 	farm.Farm
