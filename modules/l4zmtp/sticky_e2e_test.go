@@ -136,3 +136,63 @@ func waitParked(t *testing.T, c *e2e.Caddy, n int) {
 		}
 	}
 }
+
+// TestStickyByAddressUnderCURVE: CURVE hides a client's identity from the
+// proxy, so both sticky modes key CURVE clients by address. Each source
+// address keeps reaching one worker, addresses spread over both workers,
+// and an address whose worker is gone falls back to the other.
+func TestStickyByAddressUnderCURVE(t *testing.T) {
+	requirePyZMQ(t)
+	for _, mode := range []string{"remote_ip", "identity"} {
+		t.Run(mode, func(t *testing.T) {
+			pub, sec := keypair(t)
+			r1 := e2e.StartRelay(t, "127.0.0.1:0", startWorker(t, "CURVE", sec, pub))
+			r2 := e2e.StartRelay(t, "127.0.0.1:0", startWorker(t, "CURVE", sec, pub))
+			addr := e2e.FreePort(t)
+			h := map[string]any{"handler": "zmtp", "to": []string{r1.Addr, r2.Addr},
+				"sticky": mode, "fail_duration": "1ms"}
+			if mode == "identity" {
+				h["inspect_metadata"] = true
+			}
+			e2e.StartCaddy(t, e2e.Layer4(addr, map[string]any{
+				"match":  []any{map[string]any{"zmtp": map[string]any{}}},
+				"handle": []any{h},
+			}))
+			// workerOf sends three clients from src and returns the relay
+			// all three reached.
+			workerOf := func(src string) *e2e.Relay {
+				t.Helper()
+				a, b := r1.Conns.Load(), r2.Conns.Load()
+				for i := range 3 {
+					out, _ := exec.Command(python, "testdata/peer.py", "clientfrom", addr, "CURVE", src, pub, "1000").Output()
+					if got := strings.TrimSpace(string(out)); got != "ok" {
+						t.Fatalf("client %d from %s: %q", i, src, got)
+					}
+				}
+				switch da, db := r1.Conns.Load()-a, r2.Conns.Load()-b; {
+				case da == 3 && db == 0:
+					return r1
+				case da == 0 && db == 3:
+					return r2
+				default:
+					t.Fatalf("3 clients from %s spread over the workers: %d and %d", src, da, db)
+				}
+				return nil
+			}
+			first := workerOf("127.0.0.2")
+			var other string // an address that sticks to the other worker
+			for i := 3; i < 40 && other == ""; i++ {
+				if src := fmt.Sprintf("127.0.0.%d", i); workerOf(src) != first {
+					other = src
+				}
+			}
+			if other == "" {
+				t.Fatal("every source address reached the same worker")
+			}
+			first.Close()
+			if w := workerOf("127.0.0.2"); w == first {
+				t.Fatal("127.0.0.2 still reached its closed worker")
+			}
+		})
+	}
+}

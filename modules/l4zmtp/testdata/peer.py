@@ -4,6 +4,7 @@ worker ADDR MECH [SECRET PUBLIC]   ROUTER bound to ADDR echoing every message
 poolworker ADDR MECH [SECRET PUBLIC] ROUTER connecting to ADDR (a zmtp_workers listener), echoing
 poolworkerfrom ADDR NULL SRCIP      the same, NULL, connecting from source address SRCIP
 client ADDR MECH [SERVERPUB] SIZE  DEALER: sends [b"hello", SIZE bytes], expects the echo
+clientfrom ADDR MECH SRCIP [SERVERPUB] SIZE  the same, connecting from source address SRCIP
 holdclient ADDR MECH SIZE           like client, then stays connected; prints "disconnected" when libzmq sees the connection end
 repworker ADDR MECH [bind|connect]  REP echo worker
 reqclient ADDR MECH SIZE           REQ: one request of SIZE bytes, expects the echo
@@ -107,6 +108,10 @@ def main():
         while True:
             s.send_multipart(s.recv_multipart())
     s = ctx.socket(zmq.DEALER)
+    src = ""
+    if role == "clientfrom":
+        src = sys.argv[4] + ":0;"
+        del sys.argv[4]
     if role == "idclient":  # client with a routing identity: idclient ADDR NULL IDENTITY SIZE
         s.setsockopt(zmq.IDENTITY, sys.argv[4].encode())
         del sys.argv[4]
@@ -124,7 +129,7 @@ def main():
         size = int(sys.argv[4])
     if role == "holdclient":
         monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    s.connect("tcp://" + addr)
+    s.connect("tcp://" + src + addr)
     big = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     s.send_multipart([b"hello", big])
     try:
