@@ -223,6 +223,92 @@ func TestSeverMidPublish(t *testing.T) {
 	})
 }
 
+// TestSeverMidDelivery: a session severed gracefully while the broker
+// streams deliveries to it (each body three frames at the default
+// frame_max) still gets a Connection.Close it can parse — 320 with the
+// operator's reason — because the relay finishes the frame it was in before
+// writing the Close. The client receives only whole messages, and every
+// message is back in the queue afterwards (unacknowledged deliveries are
+// requeued). Where the stream stands at the sever is up to the broker's
+// timing, mid-frame in most runs; TestFinishFrame covers that case every time.
+func TestSeverMidDelivery(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
+	const queue, messages = "prelude-sever-delivery-test", 100
+	direct := dial(t, e2e.URL(e2e.RabbitAddr, e2e.VhostB))
+	dch, err := direct.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dch.QueueDelete(queue, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dch.QueueDeclare(queue, false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = dch.QueueDelete(queue, false, false, false) })
+	if err := dch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 256<<10)
+	for i := range messages {
+		conf, err := dch.PublishWithDeferredConfirm("", queue, false, false, amqp091.Publishing{Body: body})
+		if err != nil || !conf.Wait() {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+
+	conn := dial(t, e2e.URL(addr, e2e.VhostB))
+	closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan struct{})
+	var got, whole int
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for d := range deliveries {
+			if got++; got == 1 {
+				close(first)
+			}
+			if len(d.Body) == len(body) {
+				whole++
+			}
+		}
+	}()
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no delivery through the proxy")
+	}
+	live := sessions(t, c, "?vhost="+e2e.VhostB)
+	if len(live) != 1 {
+		t.Fatalf("sessions: %+v", live)
+	}
+	mustDo(t, c, http.MethodDelete, "/prelude/amqp/sessions/"+itoa(live[0].ID)+"?graceful=1", http.StatusOK)
+	select {
+	case err := <-closed:
+		if err == nil || err.Code != amqp091.ConnectionForced || !strings.Contains(err.Reason, "closed by an operator") {
+			t.Fatalf("severed mid-delivery: %v, want 320 closed by an operator", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("NotifyClose did not fire")
+	}
+	<-done
+	if got == 0 || whole != got {
+		t.Fatalf("%d deliveries before the Close, %d of them whole", got, whole)
+	}
+	waitFor(t, "every message back in the queue", func() bool {
+		q, err := dch.QueueDeclarePassive(queue, false, false, false, false, nil)
+		return err == nil && q.Messages == messages
+	})
+}
+
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
 
 func errorsAs(err error, target **amqp091.Error) bool { return errors.As(err, target) }
