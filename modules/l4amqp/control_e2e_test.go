@@ -550,6 +550,48 @@ func sourceAccepted(s l4amqp.Stats) uint64 {
 // TestPausedClientGetsHeartbeats: a held client that tuned a 1 s heartbeat
 // receives heartbeat frames from the proxy while it waits, then Open-Ok at
 // resume.
+// TestHeldClientClosesOrMisbehaves: a client held by a paused vhost may
+// still close, and gets Close-Ok; one that sends a frame before its Open-Ok
+// gets Close 505. Neither reaches the broker or stays in the registry.
+func TestHeldClientClosesOrMisbehaves(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
+	mustDo(t, c, http.MethodPost, "/prelude/amqp/vhosts/"+e2e.VhostB+"/pause", http.StatusOK)
+	holds := 0
+	held := func() net.Conn {
+		holds++
+		conn := rawClient(t, addr)
+		_, _ = conn.Write(amqp.Header091)
+		readMethod(t, conn) // Start
+		send(t, conn, plainStartOk())
+		tune := readMethod(t, conn).(*amqp.Tune)
+		send(t, conn, &amqp.TuneOk{ChannelMax: tune.ChannelMax, FrameMax: tune.FrameMax})
+		send(t, conn, &amqp.Open{VirtualHost: e2e.VhostB})
+		waitFor(t, "the client to be held", func() bool {
+			return strings.Count(c.Logs(), "amqp client held: vhost paused") == holds
+		})
+		return conn
+	}
+
+	conn := held()
+	send(t, conn, &amqp.Close{ReplyCode: amqp.ReplySuccess, ReplyText: "bye"})
+	if m := readMethod(t, conn); !isCloseOk(m) {
+		t.Fatalf("a held client's Close was answered with %T, want Close-Ok", m)
+	}
+	expectEOF(t, conn)
+
+	conn = held()
+	if _, err := conn.Write(amqp.AppendFrame(nil, amqp.Frame{Type: amqp.FrameBody, Channel: 1, Payload: []byte("early")})); err != nil {
+		t.Fatal(err)
+	}
+	expectClose(t, conn, amqp.ReplyUnexpectedFrame, "before Connection.Open-Ok")
+
+	if live := sessions(t, c, "?vhost="+e2e.VhostB); len(live) != 0 {
+		t.Fatalf("sessions left: %+v", live)
+	}
+}
+
+func isCloseOk(m amqp.Method) bool { _, ok := m.(*amqp.CloseOk); return ok }
+
 func TestPausedClientGetsHeartbeats(t *testing.T) {
 	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
 	mustDo(t, c, http.MethodPost, "/prelude/amqp/vhosts/"+e2e.VhostB+"/pause", http.StatusOK)
