@@ -31,3 +31,11 @@ func LossyConfig(cfg Config, n int) Config {
 	}
 	return cfg
 }
+
+// ForgeConnect builds a well-formed connect request: sent without a
+// reply_to, a listener must reject it.
+func ForgeConnect() []byte {
+	tok := newToken()
+	b := appendHeader(nil, header{kind: kindConnect, limit: 1 << 20})
+	return append(b, tok[:]...)
+}

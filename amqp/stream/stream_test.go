@@ -503,3 +503,87 @@ func TestAMQPS(t *testing.T) {
 		t.Fatalf("dial with the system roots: %v; want a certificate error without the password", err)
 	}
 }
+
+// TestListenerLifecycle covers the listener's own edges against the real
+// broker: the URL entry points (Listen, Dial) carry a stream; malformed
+// connect requests are rejected and counted; a stream the listener
+// established but nobody accepted is reset when the listener closes; and
+// a listener whose broker connection is cut says so from Accept.
+func TestListenerLifecycle(t *testing.T) {
+	e2e.RequireRabbit(t)
+	url := e2e.URL(e2e.RabbitAddr, "/")
+	queue := uniqueQueue(t)
+	ln, err := stream.Listen(url, queue)
+	if err != nil {
+		t.Fatalf("Listen: %v", err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d, err := stream.Dial(ctx, url, queue)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer d.Close()
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+	if _, err := d.Write([]byte("over the URL entry points")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_ = a.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := io.ReadAtLeast(a, buf, 25); err != nil || string(buf[:n]) != "over the URL entry points" {
+		t.Fatalf("accepted end read %q, %v", buf[:n], err)
+	}
+	_ = a.Close()
+
+	// Malformed connect requests: garbage, and a connect without reply_to.
+	attacker, err := brokerConn(t, e2e.RabbitAddr).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []amqp.Publishing{{Body: []byte("garbage")}, {Body: stream.ForgeConnect()}} {
+		if err := attacker.Publish("", queue, false, false, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := ln.(*stream.Listener)
+	for deadline := time.Now().Add(5 * time.Second); l.Rejected() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("rejected %d connect requests, want 2", l.Rejected())
+		}
+	}
+
+	// Established, never accepted, then the listener closes: reset.
+	pending, err := stream.Dial(ctx, url, queue)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer pending.Close()
+	_ = ln.Close()
+	_ = pending.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := pending.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a stream never accepted read %v after its listener closed, want ECONNRESET", err)
+	}
+
+	// The broker connection under a listener is cut: Accept says so.
+	relay := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	cut, err := stream.ListenAMQP(brokerConn(t, relay.Addr), uniqueQueue(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	accepted := make(chan error, 1)
+	go func() { _, err := cut.Accept(); accepted <- err }()
+	relay.Cut()
+	select {
+	case err := <-accepted:
+		if err == nil || errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "broker connection lost") {
+			t.Fatalf("Accept after the broker connection was cut: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Accept still waiting after the broker connection was cut")
+	}
+}
