@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -248,5 +249,27 @@ func TestSOCKS4WithCurl(t *testing.T) {
 	out, err = exec.Command("curl", "-sS", "-m", "5", "--socks4", addr, "http://192.0.2.1/").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "request rejected") {
 		t.Fatalf("disallowed destination: %v: %s", err, out)
+	}
+	// So do an allowed destination nothing listens on, and a SOCKS4a
+	// request (a host name for the proxy to resolve, which it does not do).
+	out, err = exec.Command("curl", "-sS", "-m", "5", "--socks4", addr, "http://"+e2e.FreePort(t)+"/").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "request rejected") {
+		t.Fatalf("failed connect: %v: %s", err, out)
+	}
+	out, err = exec.Command("curl", "-sS", "-m", "5", "--socks4a", addr, "http://web.invalid/").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "request rejected") {
+		t.Fatalf("SOCKS4a host name: %v: %s", err, out)
+	}
+	// BIND (command 2), which curl never sends.
+	ap := netip.MustParseAddrPort(strings.TrimPrefix(web.URL, "http://"))
+	req := []byte{4, 2, byte(ap.Port() >> 8), byte(ap.Port())}
+	ip := ap.Addr().As4()
+	c := dial(t, addr)
+	if _, err := c.Write(append(append(req, ip[:]...), 0)); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, 8)
+	if _, err := io.ReadFull(c, reply); err != nil || reply[1] != 0x5b {
+		t.Fatalf("BIND: reply %v %v, want rejected (0x5b)", reply, err)
 	}
 }
