@@ -29,6 +29,9 @@ type TestCA struct {
 	Server tls.Certificate
 	// PEM files of the server certificate and its key.
 	ServerCertFile, ServerKeyFile string
+
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
 }
 
 // NewTestCA creates a CA and a server certificate it signed.
@@ -56,7 +59,7 @@ func NewTestCA(t testing.TB) *TestCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := &TestCA{CAFile: filepath.Join(t.TempDir(), "ca.pem"), Pool: x509.NewCertPool()}
+	ca := &TestCA{CAFile: filepath.Join(t.TempDir(), "ca.pem"), Pool: x509.NewCertPool(), cert: caCert, key: caKey}
 	ca.Pool.AddCert(caCert)
 	if err := os.WriteFile(ca.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
 		t.Fatal(err)
@@ -75,6 +78,47 @@ func NewTestCA(t testing.TB) *TestCA {
 		t.Fatal(err)
 	}
 	return ca
+}
+
+// ClientCert issues a client certificate signed by the CA and returns the
+// PEM files of the certificate and its key.
+func (ca *TestCA) ClientCert(t testing.TB) (certFile, keyFile string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "prelude proxy"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// StartMutualTLSRelay is StartTLSRelay requiring a client certificate
+// signed by ca, as a broker configured with fail_if_no_peer_cert does.
+func StartMutualTLSRelay(t testing.TB, ca *TestCA, target string) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{ca.Server},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Serve(t, ln, func(c net.Conn) { Forward(c, target) })
 }
 
 // StartTLSRelay terminates TLS with ca's server certificate on a free

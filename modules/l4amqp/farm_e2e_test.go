@@ -45,6 +45,34 @@ func TestUpstreamTLS(t *testing.T) {
 	})
 }
 
+// TestUpstreamClientCertificate: a member that requires a client
+// certificate (mutual TLS) is reached with the tls block's cert and key; a
+// proxy without them is refused by the member, and its client gets a Close
+// saying the broker could not be reached, not a hang or a reset.
+func TestUpstreamClientCertificate(t *testing.T) {
+	e2e.RequireRabbit(t)
+	ca := e2e.NewTestCA(t)
+	tlsAddr := e2e.StartMutualTLSRelay(t, ca, e2e.RabbitAddr)
+	cert, key := ca.ClientCert(t)
+	member := func(tlsCfg map[string]any) map[string]any {
+		return handler(map[string]any{"vhosts": []string{e2e.VhostB}, "upstreams": []any{map[string]any{
+			"address": tlsAddr, "tls": tlsCfg,
+		}}})
+	}
+	t.Run("with cert and key", func(t *testing.T) {
+		_, addr := startProxy(t, member(map[string]any{"ca": ca.CAFile, "server_name": "broker.test", "cert": cert, "key": key}))
+		roundTrip(t, dial(t, e2e.URL(addr, e2e.VhostB)), 20)
+	})
+	t.Run("without", func(t *testing.T) {
+		_, addr := startProxy(t, member(map[string]any{"ca": ca.CAFile, "server_name": "broker.test"}))
+		_, err := amqp091.Dial(e2e.URL(addr, e2e.VhostB))
+		var aerr *amqp091.Error
+		if !errors.As(err, &aerr) || aerr.Code != 320 || !strings.Contains(aerr.Reason, "certificate required") {
+			t.Fatalf("dial through a member that wants a client certificate: %v, want Close 320 saying a certificate is required", err)
+		}
+	})
+}
+
 // TestProxyProtocolToBrokers: with proxy_protocol v1 or v2 the broker
 // receives a PROXY header naming the real client.
 func TestProxyProtocolToBrokers(t *testing.T) {
