@@ -78,15 +78,29 @@ type GitDaemon struct {
 }
 
 // StartGitDaemon serves base (every repository exported, upload-archive and
-// receive-pack enabled) on a free loopback port until the test ends.
+// receive-pack enabled, errors told to clients) on a free loopback port
+// until the test ends.
 func StartGitDaemon(t testing.TB, base string) *GitDaemon {
+	t.Helper()
+	return startGitDaemon(t, base, "--informative-errors")
+}
+
+// StartTerseGitDaemon is StartGitDaemon with git daemon's default errors:
+// a request it cannot serve, such as one for a missing repository, gets
+// only "access denied or repository not exported".
+func StartTerseGitDaemon(t testing.TB, base string) *GitDaemon {
+	t.Helper()
+	return startGitDaemon(t, base)
+}
+
+func startGitDaemon(t testing.TB, base string, extra ...string) *GitDaemon {
 	t.Helper()
 	RequireGit(t)
 	addr := FreePort(t)
 	host, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command("git", "daemon", "--reuseaddr", "--export-all", "--base-path="+base,
-		"--enable=receive-pack", "--enable=upload-archive", "--informative-errors",
-		"--listen="+host, "--port="+port, base)
+	args := append([]string{"daemon", "--reuseaddr", "--export-all", "--base-path=" + base,
+		"--enable=receive-pack", "--enable=upload-archive"}, extra...)
+	cmd := exec.Command("git", append(args, "--listen="+host, "--port="+port, base)...)
 	cmd.Env = append(os.Environ(), "HOME="+base)
 	var logs bytes.Buffer
 	cmd.Stderr = &logs

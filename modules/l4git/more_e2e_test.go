@@ -153,3 +153,51 @@ func TestRequestArrivingByteByByte(t *testing.T) {
 		t.Fatalf("advertisement: %q, %v\n%s", buf[:n], err, lastCaddy.Logs())
 	}
 }
+
+// TestMissingRepositoryAsDirect: git daemon, as it runs by default,
+// answers a request for a repository it does not serve with a terse ERR
+// line ("access denied or repository not exported"). Through the proxy the
+// client sees exactly what it sees directly, with first_byte_timeout or
+// without, and the request counts as proxied: the daemon was reached and
+// answered.
+func TestMissingRepositoryAsDirect(t *testing.T) {
+	d := e2e.StartTerseGitDaemon(t, t.TempDir())
+	proxy := e2e.FreePort(t)
+	c := e2e.StartCaddyfile(t, `{
+	layer4 {
+		`+proxy+` {
+			@waits git repo /waits/*
+			route @waits {
+				git {
+					to `+d.Addr+`
+					first_byte_timeout 5s
+				}
+			}
+			@git git
+			route @git {
+				git {
+					to `+d.Addr+`
+				}
+			}
+		}
+	}
+}
+`)
+	const proxied = `caddy_layer4_git_requests_total{outcome="proxied",service="upload-pack"}`
+	before := c.MetricValue(t, proxied) // the counters outlive a test's Caddy
+	for _, path := range []string{"/missing.git", "/waits/missing.git"} {
+		_, direct, err := e2e.Git(t, t.TempDir(), "ls-remote", "git://"+d.Addr+path)
+		if err == nil {
+			t.Fatal("the daemon served a missing repository")
+		}
+		_, errOut, err := e2e.Git(t, t.TempDir(), "ls-remote", "git://"+proxy+path)
+		if err == nil || strings.ReplaceAll(errOut, proxy, d.Addr) != direct {
+			t.Fatalf("%s through the proxy: %v\n%s\nwant what git says directly:\n%s", path, err, errOut, direct)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); c.MetricValue(t, proxied) != before+2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s went from %v to %v, want 2 more", proxied, before, c.MetricValue(t, proxied))
+		}
+	}
+}
