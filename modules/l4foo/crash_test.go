@@ -187,3 +187,41 @@ func slowestSave(t *testing.T, logs string) time.Duration {
 	}
 	return slowest
 }
+
+// TestDefaultRecoveryFile: without `recovery`, a stats set is saved as
+// prelude/foo-<name>.json under Caddy's data directory ($XDG_DATA_HOME/caddy
+// here) and restored from there after kill -9.
+func TestDefaultRecoveryFile(t *testing.T) {
+	bin := e2e.BuildCaddy(t, "../..")
+	data := t.TempDir()
+	t.Setenv("XDG_DATA_HOME", data) // inherited by the Caddy process
+	srv := footest.StartServer(t, footest.ServerOptions{})
+	addr := e2e.FreePort(t)
+	c := e2e.StartCaddyProcess(t, bin, "", config(addr, srv.Addr, ""))
+	got, err := footest.Run(addr, footest.ClientOptions{Requests: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, c)
+	path := filepath.Join(data, "caddy", "prelude", "foo-default.json")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var saved struct {
+			MsgReq int `json:"msg_req"`
+		}
+		b, err := os.ReadFile(path)
+		if err == nil && json.Unmarshal(b, &saved) == nil && saved.MsgReq == got.Req {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v %q, want msg_req %d", path, err, b, got.Req)
+		}
+	}
+	c.Signal(t, syscall.SIGKILL)
+	if !c.Exited(5 * time.Second) {
+		t.Fatal("kill -9 did not end caddy")
+	}
+	c2 := e2e.StartCaddyProcess(t, bin, "", config(addr, srv.Addr, ""))
+	if r := stats(t, c2); int(r.MsgReq) != got.Req || int(r.MsgAck) != got.Ack || int(r.MsgNak) != got.Nak {
+		t.Fatalf("restored from the default file: %+v; the client counted %+v", r, got)
+	}
+}
