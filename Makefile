@@ -35,7 +35,10 @@ BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
+# HAProxy (TCP mode), when installed, is one more path in the Foo and ZMTP CURVE benchmarks.
+export PRELUDE_BENCH_HAPROXY ?= $(shell PATH="$$PATH:/usr/sbin" command -v haproxy 2>/dev/null)
 bench: test-deps build
+	@echo "== HAProxy as a reference path: $(if $(PRELUDE_BENCH_HAPROXY),$(PRELUDE_BENCH_HAPROXY),not installed (apt-get install haproxy to add it))"
 	@echo "== the Foo analyser alone, per message"
 	$(GO) test -run '^$$' -bench Analyze -count 3 ./foo/
 	@echo "== the relay's copy against splice(2), bulk and round trips"

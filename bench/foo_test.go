@@ -17,6 +17,7 @@ import (
 // one path after the other in every iteration. Two servers: "batched"
 // answers all it has read with one write, "flush-each" writes every answer
 // on its own (many small segments: the proxy's per-read cost dominates).
+// With PRELUDE_BENCH_HAPROXY set, HAProxy in TCP mode is a fourth path.
 func BenchmarkFooMessages(b *testing.B) {
 	servers := []struct {
 		name     string
@@ -51,15 +52,22 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 	}}}}
 	caddy := startBenchCaddy(b, cfg)
 	p := paths{direct: srv.Addr, prelude: prelude, l4proxy: l4proxy}
+	three := p.each()
+	each := three[:]
+	hp := startHAProxy(b, srv.Addr)
+	if hp != nil {
+		each = append(each, [2]string{"haproxy", hp.Addr})
+	}
+	allCPU := func() time.Duration { return totalCPU(caddy) + hp.CPUTime() }
 	perConn := requests / conns
 	msgs, took := map[string]int{}, map[string]time.Duration{}
 	cpu, caddyCPU := map[string]time.Duration{}, map[string]time.Duration{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		for _, path := range p.each() {
-			cpu0, caddy0 := totalCPU(caddy), caddy.CPUTime()
+		for _, path := range each {
+			cpu0, caddy0 := allCPU(), caddy.CPUTime()
 			n, d, err := footest.Load(path[1], conns, perConn)
-			cpu[path[0]] += totalCPU(caddy) - cpu0
+			cpu[path[0]] += allCPU() - cpu0
 			caddyCPU[path[0]] += caddy.CPUTime() - caddy0
 			if err != nil {
 				b.Fatalf("%s: %v", path[0], err)
@@ -76,6 +84,9 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 	}
 	b.ReportMetric(rate["prelude"]/rate["direct"], "prelude/direct")
 	b.ReportMetric(rate["l4proxy"]/rate["direct"], "l4proxy/direct")
+	if hp != nil {
+		b.ReportMetric(rate["haproxy"]/rate["direct"], "haproxy/direct")
+	}
 	for name := range msgs {
 		b.ReportMetric(float64(cpu[name])/float64(msgs[name]), name+"-cpu-ns/msg")
 		b.ReportMetric(cpu[name].Seconds()/took[name].Seconds(), name+"-cpus")

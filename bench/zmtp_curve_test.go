@@ -21,6 +21,7 @@ const pyPeer = "../modules/l4zmtp/testdata/peer.py"
 // It also reports the CPU time each path takes per GB relayed, in all and
 // per process (client, worker, Caddy): where direct already keeps both CPUs busy, the
 // throughput a path can reach is bounded by direct's CPU over its own.
+// With PRELUDE_BENCH_HAPROXY set, HAProxy in TCP mode is a fourth path.
 func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 	if err := exec.Command("/usr/bin/python3", "-c", "import zmq").Run(); err != nil {
 		b.Fatalf("python3-zmq is required (make bench installs it): %v", err)
@@ -52,13 +53,19 @@ func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 				"upstreams": []any{map[string]any{"dial": []string{worker}}}}},
 		}}},
 	}}}})
+	three := (paths{direct: worker, prelude: prelude, l4proxy: l4proxy}).each()
+	each := three[:]
+	hp := startHAProxy(b, worker)
+	if hp != nil {
+		each = append(each, [2]string{"haproxy", hp.Addr})
+	}
 	const n, size = 2000, 64 << 10
 	secs := map[string]float64{}
-	cpu := map[string]map[string]time.Duration{"client": {}, "worker": {}, "caddy": {}}
+	cpu := map[string]map[string]time.Duration{"client": {}, "worker": {}, "caddy": {}, "proxy": {}}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		for _, path := range (paths{direct: worker, prelude: prelude, l4proxy: l4proxy}).each() {
-			caddy0, worker0 := caddy.CPUTime(), e2e.ProcessCPU(cmd.Process.Pid)
+		for _, path := range each {
+			caddy0, worker0, hp0 := caddy.CPUTime(), e2e.ProcessCPU(cmd.Process.Pid), hp.CPUTime()
 			client := exec.Command("/usr/bin/python3", pyPeer, "throughput", path[1], "CURVE",
 				strconv.Itoa(n), strconv.Itoa(size), pub)
 			out, err := client.Output()
@@ -68,6 +75,9 @@ func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 			cpu["client"][path[0]] += client.ProcessState.UserTime() + client.ProcessState.SystemTime()
 			cpu["worker"][path[0]] += e2e.ProcessCPU(cmd.Process.Pid) - worker0
 			cpu["caddy"][path[0]] += caddy.CPUTime() - caddy0
+			if hp != nil && path[0] == "haproxy" {
+				cpu["proxy"][path[0]] += hp.CPUTime() - hp0
+			}
 			s, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
 			if err != nil {
 				b.Fatalf("%s: %q", path[0], out)
@@ -83,12 +93,16 @@ func BenchmarkZMTPCurveLibzmq(b *testing.B) {
 	}
 	b.ReportMetric(mbps["prelude"]/mbps["direct"], "prelude/direct")
 	b.ReportMetric(mbps["l4proxy"]/mbps["direct"], "l4proxy/direct")
+	if hp != nil {
+		b.ReportMetric(mbps["haproxy"]/mbps["direct"], "haproxy/direct")
+	}
 	gb := float64(b.N) * 2 * n * size / 1e9
 	all := map[string]time.Duration{}
 	for part, byPath := range cpu {
 		for name, t := range byPath {
 			all[name] += t
-			if part != "caddy" || name != "direct" { // an in-process Caddy idles on direct
+			idle := part == "caddy" && (name == "direct" || name == "haproxy") // an in-process Caddy idles there
+			if !idle {
 				b.ReportMetric(t.Seconds()/gb, name+"-"+part+"-cpu-s/GB")
 			}
 		}
