@@ -61,14 +61,15 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 	allCPU := func() time.Duration { return totalCPU(caddy) + hp.CPUTime() }
 	perConn := requests / conns
 	msgs, took := map[string]int{}, map[string]time.Duration{}
-	cpu, caddyCPU := map[string]time.Duration{}, map[string]time.Duration{}
+	cpu, caddyCPU, hpCPU := map[string]time.Duration{}, map[string]time.Duration{}, map[string]time.Duration{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, path := range each {
-			cpu0, caddy0 := allCPU(), caddy.CPUTime()
+			cpu0, caddy0, hp0 := allCPU(), caddy.CPUTime(), hp.CPUTime()
 			n, d, err := footest.Load(path[1], conns, perConn)
 			cpu[path[0]] += allCPU() - cpu0
 			caddyCPU[path[0]] += caddy.CPUTime() - caddy0
+			hpCPU[path[0]] += hp.CPUTime() - hp0
 			if err != nil {
 				b.Fatalf("%s: %v", path[0], err)
 			}
@@ -90,7 +91,10 @@ func benchFoo(b *testing.B, opts footest.ServerOptions, conns, requests int) {
 	for name := range msgs {
 		b.ReportMetric(float64(cpu[name])/float64(msgs[name]), name+"-cpu-ns/msg")
 		b.ReportMetric(cpu[name].Seconds()/took[name].Seconds(), name+"-cpus")
-		if caddy.Separate() && name != "direct" {
+		switch {
+		case name == "haproxy":
+			b.ReportMetric(hpCPU[name].Seconds()/took[name].Seconds(), "haproxy-own-cpus")
+		case caddy.Separate() && name != "direct":
 			b.ReportMetric(caddyCPU[name].Seconds()/took[name].Seconds(), name+"-caddy-cpus")
 		}
 	}
