@@ -556,6 +556,9 @@ func sourceAccepted(s l4amqp.Stats) uint64 {
 func TestHeldClientClosesOrMisbehaves(t *testing.T) {
 	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
 	mustDo(t, c, http.MethodPost, "/prelude/amqp/vhosts/"+e2e.VhostB+"/pause", http.StatusOK)
+	// A pause outlives the Caddy that took it (it is the process's): resume
+	// it, or every later test of the vhost in this process would be held.
+	defer mustDo(t, c, http.MethodPost, "/prelude/amqp/vhosts/"+e2e.VhostB+"/resume", http.StatusOK)
 	holds := 0
 	held := func() net.Conn {
 		holds++
