@@ -113,7 +113,9 @@ func serverGreeting(cx *layer4.Connection, timeout time.Duration) ([]byte, zmtp.
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
-//	zmtp_workers <pool>
+//	zmtp_workers <pool> {
+//		handshake_timeout <duration>
+//	}
 func (h *WorkersHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if !d.NextArg() {
