@@ -154,6 +154,34 @@ func TestUnexpectedFrameGets505(t *testing.T) {
 	expectClose(t, c, 505, "expected connection.start-ok")
 }
 
+// TestHandshakeRefusals: the other Closes of the handshake table in
+// docs/handlers/amqp.md — a wrong method, a mechanism the proxy does not
+// offer, a PLAIN response it cannot read, a method it cannot parse.
+func TestHandshakeRefusals(t *testing.T) {
+	_, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "*")))
+	started := func() net.Conn {
+		c := rawClient(t, addr)
+		_, _ = c.Write(amqp.Header091)
+		readMethod(t, c) // Start
+		return c
+	}
+	c := started()
+	send(t, c, &amqp.TuneOk{ChannelMax: 10, FrameMax: 4096})
+	expectClose(t, c, 503, "COMMAND_INVALID - expected connection.start-ok, got connection.tune-ok")
+
+	c = started()
+	send(t, c, &amqp.StartOk{ClientProperties: amqp.Table{}, Mechanism: "EXTERNAL", Response: amqp.Secret(""), Locale: "en_US"})
+	expectClose(t, c, 403, `mechanism "EXTERNAL" is not offered`)
+
+	c = started()
+	send(t, c, &amqp.StartOk{ClientProperties: amqp.Table{}, Mechanism: "PLAIN", Response: amqp.Secret("no NULs here"), Locale: "en_US"})
+	expectClose(t, c, 403, "malformed PLAIN response")
+
+	c = started()
+	_, _ = c.Write(amqp.AppendFrame(nil, amqp.Frame{Type: amqp.FrameMethod, Payload: []byte{0, 10, 0, 11, 0xff}}))
+	expectClose(t, c, 502, "SYNTAX_ERROR")
+}
+
 func TestGarbageAfterHeaderGets501(t *testing.T) {
 	_, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "*")))
 	c := rawClient(t, addr)
