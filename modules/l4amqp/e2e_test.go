@@ -352,3 +352,48 @@ func TestBrokerStricterThanNegotiatedGetsClose(t *testing.T) {
 		t.Fatalf("second client negotiated frame_max %d, want 8192", c.Config.FrameSize)
 	}
 }
+
+// TestMetricsFollowASession: the layer4_amqp series of a route move with
+// one real session — sessions_active while it lives, one handshake
+// observed, and relayed bytes each way equal to what GET
+// /prelude/amqp/stats counted for the vhost.
+func TestMetricsFollowASession(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
+	const route = `route="` + e2e.VhostB + `"`
+	series := map[string]string{
+		"active": `caddy_layer4_amqp_sessions_active{` + route + `}`,
+		"hs":     `caddy_layer4_amqp_handshake_seconds_count{` + route + `}`,
+		"up":     `caddy_layer4_amqp_relayed_bytes_total{direction="upstream",` + route + `}`,
+		"down":   `caddy_layer4_amqp_relayed_bytes_total{direction="downstream",` + route + `}`,
+	}
+	before := map[string]float64{}
+	for k, s := range series { // the counters outlive a test's Caddy
+		before[k] = c.MetricValue(t, s)
+	}
+	statsBefore := vhostCounters(amqpStats(t, c), e2e.VhostB)
+	conn := dial(t, e2e.URL(addr, e2e.VhostB))
+	if got := c.MetricValue(t, series["active"]); got != before["active"]+1 {
+		t.Fatalf("%s = %v while the session lives, want %v", series["active"], got, before["active"]+1)
+	}
+	roundTrip(t, conn, 20)
+	_ = conn.Close()
+	// The stats are recorded after the metrics: once they show the
+	// session's bytes, so do the metrics.
+	var after l4amqp.Counters
+	waitFor(t, "the session to be counted", func() bool {
+		after = vhostCounters(amqpStats(t, c), e2e.VhostB)
+		return after.BytesIn > statsBefore.BytesIn
+	})
+	if got := c.MetricValue(t, series["active"]); got != before["active"] {
+		t.Errorf("%s = %v after the session, want %v", series["active"], got, before["active"])
+	}
+	for k, want := range map[string]float64{
+		"hs":   1,
+		"up":   float64(after.BytesIn - statsBefore.BytesIn),
+		"down": float64(after.BytesOut - statsBefore.BytesOut),
+	} {
+		if got := c.MetricValue(t, series[k]) - before[k]; got != want || got <= 0 {
+			t.Errorf("%s grew by %v, want %v (as /prelude/amqp/stats counted)", series[k], got, want)
+		}
+	}
+}
