@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -198,6 +199,52 @@ func TestMissingRepositoryAsDirect(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); c.MetricValue(t, proxied) != before+2; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s went from %v to %v, want 2 more", proxied, before, c.MetricValue(t, proxied))
+		}
+	}
+}
+
+// TestRelayedBytesMetric: after a clone, caddy_layer4_git_relayed_bytes_total
+// has grown each way by exactly the bytes that crossed between the proxy
+// and the daemon (counted by a forwarder in front of the daemon): the
+// request and what followed it upstream, the whole answer downstream.
+func TestRelayedBytesMetric(t *testing.T) {
+	e2e.RequireGit(t)
+	base := t.TempDir()
+	e2e.MakeBareRepo(t, filepath.Join(base, "app.git"), 3)
+	d := e2e.StartGitDaemon(t, base)
+	var up, down atomic.Int64
+	counted := e2e.ServeTCP(t, func(c net.Conn) {
+		defer c.Close()
+		u, err := net.Dial("tcp", d.Addr)
+		if err != nil {
+			return
+		}
+		defer u.Close()
+		done := make(chan struct{})
+		go func() {
+			n, _ := io.Copy(u, c)
+			up.Add(n)
+			_ = u.(*net.TCPConn).CloseWrite()
+			close(done)
+		}()
+		n, _ := io.Copy(c, u)
+		down.Add(n)
+		_ = c.(*net.TCPConn).CloseWrite()
+		<-done
+	})
+	proxy := e2e.FreePort(t)
+	c := e2e.StartCaddyfile(t, "{\n\tlayer4 {\n\t\t"+proxy+" {\n\t\t\t@git git\n\t\t\troute @git {\n\t\t\t\tgit {\n\t\t\t\t\tto "+counted+"\n\t\t\t\t}\n\t\t\t}\n\t\t}\n\t}\n}\n")
+	const upSeries = `caddy_layer4_git_relayed_bytes_total{direction="upstream",service="upload-pack"}`
+	const downSeries = `caddy_layer4_git_relayed_bytes_total{direction="downstream",service="upload-pack"}`
+	upBefore, downBefore := c.MetricValue(t, upSeries), c.MetricValue(t, downSeries) // counters outlive a test's Caddy
+	e2e.MustGit(t, t.TempDir(), "clone", "-q", "git://"+proxy+"/app.git", "c")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		gotUp, gotDown := c.MetricValue(t, upSeries)-upBefore, c.MetricValue(t, downSeries)-downBefore
+		if gotUp == float64(up.Load()) && gotDown == float64(down.Load()) && gotDown > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics grew by %v up, %v down; the daemon's side saw %d up, %d down", gotUp, gotDown, up.Load(), down.Load())
 		}
 	}
 }
