@@ -153,7 +153,38 @@ func TestInteractiveAndBulk(t *testing.T) {
 	}
 	_ = conn.Close()
 
-	bulk(t, port, 64<<20)
+	// The bytes metrics count a bulk echo exactly, on both sides.
+	series := func(side, dir string) string {
+		return `caddy_layer4_amqp_tunnel_bytes_total{direction="` + dir + `",side="` + side + `"}`
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s:\n%s", what, c.Metrics(t))
+			}
+		}
+	}
+	waitFor("the interactive session's streams to end", func() bool {
+		return c.MetricValue(t, `caddy_layer4_amqp_tunnel_streams_active{side="dial"}`) == 0 &&
+			c.MetricValue(t, `caddy_layer4_amqp_tunnel_streams_active{side="accept"}`) == 0
+	})
+	before := map[string]float64{}
+	for _, side := range []string{"dial", "accept"} {
+		for _, dir := range []string{"sent", "received"} {
+			before[series(side, dir)] = c.MetricValue(t, series(side, dir))
+		}
+	}
+	const size = 64 << 20
+	bulk(t, port, size)
+	waitFor("every byte of the bulk echo counted on both sides", func() bool {
+		for s, v := range before {
+			if c.MetricValue(t, s)-v != size {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // reloadSame pushes the running config again through the admin API.
