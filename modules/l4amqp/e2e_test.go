@@ -204,12 +204,21 @@ func TestAMQPLAIN(t *testing.T) {
 	roundTrip(t, c, 3)
 }
 
+// TestDeadMemberIsSkipped: a member that refuses connections is passed
+// over for the next one, and sits out fail_duration, as
+// caddy_layer4_farm_member_failed shows.
 func TestDeadMemberIsSkipped(t *testing.T) {
 	dead := e2e.FreePort(t)
 	h := handler(map[string]any{"vhosts": []string{"*"}, "to": []string{dead, e2e.RabbitAddr}, "lb_policy": "first"})
-	_, addr := startProxy(t, h)
+	c, addr := startProxy(t, h)
 	for i := 0; i < 3; i++ {
 		roundTrip(t, dial(t, e2e.URL(addr, e2e.VhostA)), 2)
+	}
+	if got := c.MetricValue(t, `caddy_layer4_farm_member_failed{member="`+dead+`"}`); got != 1 {
+		t.Errorf("the refusing member: member_failed %v, want 1", got)
+	}
+	if got := c.MetricValue(t, `caddy_layer4_farm_member_failed{member="`+e2e.RabbitAddr+`"}`); got != 0 {
+		t.Errorf("the broker: member_failed %v, want 0", got)
 	}
 }
 
