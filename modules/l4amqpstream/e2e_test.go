@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
 	"github.com/caddyprelude/prelude/internal/e2e"
 	"github.com/caddyprelude/prelude/modules/l4amqpstream"
 	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
@@ -415,5 +417,67 @@ func TestTunnelOverAMQPS(t *testing.T) {
 	bulk(t, port, 8<<20)
 	if _, cfg := c.Get(t, "/config/"); strings.Contains(cfg, e2e.TestPassword) || !strings.Contains(cfg, "{env.PRELUDE_TEST_AMQPS_URL}") {
 		t.Fatalf("/config/ shows the broker password or lost the placeholder:\n%s", cfg)
+	}
+}
+
+// TestInjectedMessagesAreDropped: someone with publish rights on the broker
+// sends messages into both queues of a live tunnel stream. Each end drops
+// them (they lack its secret token), counts them in /prelude/tunnels and
+// caddy_layer4_amqp_tunnel_rejected_messages_total, and the stream carries
+// the genuine bytes only.
+func TestInjectedMessagesAreDropped(t *testing.T) {
+	c, port, _ := startTunnel(t, startEcho(t))
+	conn, err := net.Dial("tcp", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(conn)
+	echo := func(line string) {
+		t.Helper()
+		if _, err := conn.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := r.ReadString('\n'); err != nil || got != line {
+			t.Fatalf("echo of %q: %q, %v", line, got, err)
+		}
+	}
+	echo("before\n")
+	var live []l4amqpstream.Tunnel
+	code, body := c.Get(t, "/prelude/tunnels")
+	if err := json.Unmarshal([]byte(body), &live); code != 200 || err != nil || len(live) != 2 {
+		t.Fatalf("GET /prelude/tunnels: %d %s", code, body)
+	}
+	before := map[string]float64{}
+	for _, side := range []string{"dial", "accept"} {
+		before[side] = c.MetricValue(t, `caddy_layer4_amqp_tunnel_rejected_messages_total{side="`+side+`"}`)
+	}
+	attacker, err := amqp091.Dial(e2e.URL(e2e.RabbitAddr, "/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer attacker.Close()
+	ch, err := attacker.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tun := range live {
+		if err := ch.Publish("", tun.LocalQueue, false, false, amqp091.Publishing{Body: []byte("INJECTED\n")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	echo("after\n")
+	for _, side := range []string{"dial", "accept"} {
+		series := `caddy_layer4_amqp_tunnel_rejected_messages_total{side="` + side + `"}`
+		for deadline := time.Now().Add(5 * time.Second); c.MetricValue(t, series) != before[side]+1; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s went from %v to %v, want one more", series, before[side], c.MetricValue(t, series))
+			}
+		}
+	}
+	code, body = c.Get(t, "/prelude/tunnels")
+	if err := json.Unmarshal([]byte(body), &live); code != 200 || err != nil || len(live) != 2 || live[0].Rejected != 1 || live[1].Rejected != 1 {
+		t.Fatalf("GET /prelude/tunnels after the injection: %d %s", code, body)
 	}
 }
