@@ -481,3 +481,60 @@ func TestInjectedMessagesAreDropped(t *testing.T) {
 		t.Fatalf("GET /prelude/tunnels after the injection: %d %s", code, body)
 	}
 }
+
+// TestSlowTargetStallsTheWriter: flow control end to end. The target on
+// the far side reads nothing for a second while a client writes 16 MiB
+// into the tunnel; the dial side waits for the peer's window (counted in
+// caddy_layer4_amqp_tunnel_window_stalls_total) instead of queueing the
+// bytes in the broker, and once the target reads, every byte arrives in
+// order.
+func TestSlowTargetStallsTheWriter(t *testing.T) {
+	const size = 16 << 20
+	digest := make(chan []byte, 1)
+	target := e2e.ServeTCP(t, func(c net.Conn) {
+		defer c.Close()
+		first := make([]byte, 1)
+		if _, err := io.ReadFull(c, first); err != nil {
+			return
+		}
+		if first[0] == 'x' { // waitListening's probe: echo it
+			_, _ = c.Write(first)
+			return
+		}
+		time.Sleep(time.Second) // the bulk: read nothing for a second
+		h := sha256.New()
+		h.Write(first)
+		if n, _ := io.Copy(h, c); n != size-1 {
+			digest <- nil
+			return
+		}
+		digest <- h.Sum(nil)
+	})
+	c, port, _ := startTunnel(t, target)
+	const stalls = `caddy_layer4_amqp_tunnel_window_stalls_total{side="dial"}`
+	before := c.MetricValue(t, stalls)
+	conn, err := net.Dial("tcp", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	data := make([]byte, size)
+	_, _ = rand.Read(data)
+	data[0] = 'B' // not the probe's byte
+	if _, err := conn.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.(*net.TCPConn).CloseWrite()
+	want := sha256.Sum256(data)
+	select {
+	case got := <-digest:
+		if !bytes.Equal(got, want[:]) {
+			t.Fatal("the slow target did not get the 16 MiB intact")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the slow target never got everything")
+	}
+	if got := c.MetricValue(t, stalls); got <= before {
+		t.Fatalf("%s stayed at %v: the writer never waited for the window", stalls, got)
+	}
+}
