@@ -367,8 +367,11 @@ func TestBrokerStricterThanNegotiatedGetsClose(t *testing.T) {
 // observed, and relayed bytes each way equal to what GET
 // /prelude/amqp/stats counted for the vhost.
 func TestMetricsFollowASession(t *testing.T) {
-	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
-	const route = `route="` + e2e.VhostB + `"`
+	// A pattern no other test routes by, so that the route's series are
+	// this test's alone ("prelude-[b]" matches only prelude-b).
+	const pattern = "prelude-[b]"
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, pattern)))
+	const route = `route="` + pattern + `"`
 	series := map[string]string{
 		"active": `caddy_layer4_amqp_sessions_active{` + route + `}`,
 		"hs":     `caddy_layer4_amqp_handshake_seconds_count{` + route + `}`,
