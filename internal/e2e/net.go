@@ -17,7 +17,9 @@ import (
 type Relay struct {
 	Addr  string
 	Conns atomic.Int64
-	ln    net.Listener
+	// Bytes forwarded to the target and back from it, over every connection.
+	ToTarget, FromTarget atomic.Int64
+	ln                   net.Listener
 
 	mu     sync.Mutex
 	live   map[net.Conn]struct{}
@@ -60,8 +62,8 @@ func (r *Relay) serve(target string) {
 			defer u.Close()
 			r.track(c, u)
 			defer r.untrack(c, u)
-			go func() { _ = r.copy(u, c); _ = u.(*net.TCPConn).CloseWrite() }()
-			_ = r.copy(c, u)
+			go func() { _ = r.copy(u, c, &r.ToTarget); _ = u.(*net.TCPConn).CloseWrite() }()
+			_ = r.copy(c, u, &r.FromTarget)
 		}()
 	}
 }
@@ -82,8 +84,9 @@ func (r *Relay) untrack(conns ...net.Conn) {
 	}
 }
 
-// copy is io.Copy that holds each chunk while the relay is frozen.
-func (r *Relay) copy(dst, src net.Conn) error {
+// copy is io.Copy that holds each chunk while the relay is frozen and adds
+// what it writes to count.
+func (r *Relay) copy(dst, src net.Conn, count *atomic.Int64) error {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -94,7 +97,9 @@ func (r *Relay) copy(dst, src net.Conn) error {
 			if frozen != nil {
 				<-frozen
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			w, werr := dst.Write(buf[:n])
+			count.Add(int64(w))
+			if werr != nil {
 				return werr
 			}
 		}

@@ -65,19 +65,26 @@ func NewTestCA(t testing.TB) *TestCA {
 		t.Fatal(err)
 	}
 	ca.Server = tls.Certificate{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}
-	keyDER, err := x509.MarshalECPrivateKey(srvKey)
+	ca.ServerCertFile, ca.ServerKeyFile = writeCertAndKey(t, filepath.Dir(ca.CAFile), "server", srvDER, srvKey)
+	return ca
+}
+
+// writeCertAndKey writes a certificate and its key as PEM files
+// <dir>/<name>.pem and <dir>/<name>.key.
+func writeCertAndKey(t testing.TB, dir, name string, certDER []byte, key *ecdsa.PrivateKey) (certFile, keyFile string) {
+	t.Helper()
+	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Dir(ca.CAFile)
-	ca.ServerCertFile, ca.ServerKeyFile = filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key")
-	if err := os.WriteFile(ca.ServerCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}), 0o600); err != nil {
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(ca.ServerKeyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return ca
+	return certFile, keyFile
 }
 
 // ClientCert issues a client certificate signed by the CA and returns the
@@ -94,19 +101,7 @@ func (ca *TestCA) ClientCert(t testing.TB) (certFile, keyFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
+	return writeCertAndKey(t, t.TempDir(), "client", der, key)
 }
 
 // StartMutualTLSRelay is StartTLSRelay requiring a client certificate

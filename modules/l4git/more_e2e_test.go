@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,10 +22,14 @@ func startSimple(t *testing.T, listen, routes string) (proxy string, d *e2e.GitD
 	base := t.TempDir()
 	head = e2e.MakeBareRepo(t, filepath.Join(base, "team", "app.git"), 3)
 	d = e2e.StartGitDaemon(t, base)
-	proxy = listen
-	cf := "{\n\tlayer4 {\n\t\t" + proxy + " {\n" + strings.ReplaceAll(routes, "UPSTREAM", d.Addr) + "\t\t}\n\t}\n}\n"
-	lastCaddy = e2e.StartCaddyfile(t, cf)
-	return proxy, d, head
+	lastCaddy = startRoutes(t, listen, strings.ReplaceAll(routes, "UPSTREAM", d.Addr))
+	return listen, d, head
+}
+
+// startRoutes starts Caddy with the given route block on listen.
+func startRoutes(t *testing.T, listen, routes string) *e2e.Caddy {
+	t.Helper()
+	return e2e.StartCaddyfile(t, "{\n\tlayer4 {\n\t\t"+listen+" {\n"+routes+"\t\t}\n\t}\n}\n")
 }
 
 func TestPushThroughProxy(t *testing.T) {
@@ -164,9 +167,7 @@ func TestRequestArrivingByteByByte(t *testing.T) {
 func TestMissingRepositoryAsDirect(t *testing.T) {
 	d := e2e.StartTerseGitDaemon(t, t.TempDir())
 	proxy := e2e.FreePort(t)
-	c := e2e.StartCaddyfile(t, `{
-	layer4 {
-		`+proxy+` {
+	c := startRoutes(t, proxy, `
 			@waits git repo /waits/*
 			route @waits {
 				git {
@@ -180,9 +181,6 @@ func TestMissingRepositoryAsDirect(t *testing.T) {
 					to `+d.Addr+`
 				}
 			}
-		}
-	}
-}
 `)
 	const proxied = `caddy_layer4_git_requests_total{outcome="proxied",service="upload-pack"}`
 	before := c.MetricValue(t, proxied) // the counters outlive a test's Caddy
@@ -212,39 +210,28 @@ func TestRelayedBytesMetric(t *testing.T) {
 	base := t.TempDir()
 	e2e.MakeBareRepo(t, filepath.Join(base, "app.git"), 3)
 	d := e2e.StartGitDaemon(t, base)
-	var up, down atomic.Int64
-	counted := e2e.ServeTCP(t, func(c net.Conn) {
-		defer c.Close()
-		u, err := net.Dial("tcp", d.Addr)
-		if err != nil {
-			return
-		}
-		defer u.Close()
-		done := make(chan struct{})
-		go func() {
-			n, _ := io.Copy(u, c)
-			up.Add(n)
-			_ = u.(*net.TCPConn).CloseWrite()
-			close(done)
-		}()
-		n, _ := io.Copy(c, u)
-		down.Add(n)
-		_ = c.(*net.TCPConn).CloseWrite()
-		<-done
-	})
+	counted := e2e.StartRelay(t, "127.0.0.1:0", d.Addr)
 	proxy := e2e.FreePort(t)
-	c := e2e.StartCaddyfile(t, "{\n\tlayer4 {\n\t\t"+proxy+" {\n\t\t\t@git git\n\t\t\troute @git {\n\t\t\t\tgit {\n\t\t\t\t\tto "+counted+"\n\t\t\t\t}\n\t\t\t}\n\t\t}\n\t}\n}\n")
+	c := startRoutes(t, proxy, `
+			@git git
+			route @git {
+				git {
+					to `+counted.Addr+`
+				}
+			}
+`)
 	const upSeries = `caddy_layer4_git_relayed_bytes_total{direction="upstream",service="upload-pack"}`
 	const downSeries = `caddy_layer4_git_relayed_bytes_total{direction="downstream",service="upload-pack"}`
 	upBefore, downBefore := c.MetricValue(t, upSeries), c.MetricValue(t, downSeries) // counters outlive a test's Caddy
 	e2e.MustGit(t, t.TempDir(), "clone", "-q", "git://"+proxy+"/app.git", "c")
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		gotUp, gotDown := c.MetricValue(t, upSeries)-upBefore, c.MetricValue(t, downSeries)-downBefore
-		if gotUp == float64(up.Load()) && gotDown == float64(down.Load()) && gotDown > 0 {
+		up, down := counted.ToTarget.Load(), counted.FromTarget.Load()
+		if gotUp == float64(up) && gotDown == float64(down) && gotDown > 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("metrics grew by %v up, %v down; the daemon's side saw %d up, %d down", gotUp, gotDown, up.Load(), down.Load())
+			t.Fatalf("metrics grew by %v up, %v down; the daemon's side saw %d up, %d down", gotUp, gotDown, up, down)
 		}
 	}
 }
