@@ -60,8 +60,16 @@ func recordSession(t testing.TB) {
 		}
 		var inner sync.WaitGroup
 		inner.Add(2)
-		go func() { defer inner.Done(); _, _ = io.Copy(io.MultiWriter(b, &up), c); _ = b.(*net.TCPConn).CloseWrite() }()
-		go func() { defer inner.Done(); _, _ = io.Copy(io.MultiWriter(c, &down), b); _ = c.(*net.TCPConn).CloseWrite() }()
+		go func() {
+			defer inner.Done()
+			_, _ = io.Copy(io.MultiWriter(b, &up), c)
+			_ = b.(*net.TCPConn).CloseWrite()
+		}()
+		go func() {
+			defer inner.Done()
+			_, _ = io.Copy(io.MultiWriter(c, &down), b)
+			_ = c.(*net.TCPConn).CloseWrite()
+		}()
 		inner.Wait()
 		_ = c.Close()
 		_ = b.Close()
