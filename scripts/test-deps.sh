@@ -12,7 +12,8 @@ fi
 missing=()
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v git >/dev/null 2>&1 || missing+=(git)
-for pkg in python3-zmq libzmq3-dev; do
+# tshark checks that AMQP captures decode; python3-pika is a second real AMQP client.
+for pkg in python3-zmq libzmq3-dev tshark python3-pika; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -33,4 +34,4 @@ if ! rabbit_up; then
 	rabbit_up || { echo "test-deps: RabbitMQ did not open 127.0.0.1:5672 within 60s" >&2; exit 1; }
 	"${SUDO[@]}" rabbitmqctl -q await_startup
 fi
-echo "test-deps: RabbitMQ, git, python3-zmq and libzmq3-dev are ready"
+echo "test-deps: RabbitMQ, git, python3-zmq, libzmq3-dev, tshark and python3-pika are ready"

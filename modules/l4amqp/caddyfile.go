@@ -1,7 +1,10 @@
 package l4amqp
 
 import (
+	"math"
 	"strconv"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
@@ -36,6 +39,17 @@ import (
 //			<the same limits: the default for every vhost block>
 //		}
 //		pause_timeout <duration>
+//		stats on|off
+//		capture {
+//			file <path>
+//			format ndjson|pcapng
+//			body none|full|<bytes>
+//			vhost|user|connection_name|exchange|routing_key|queue <glob>
+//			client <ip or cidr>
+//			max_bytes <size>
+//			max_sessions <n>
+//			duration <duration>
+//		}
 //		name <name>
 //		handshake_timeout <duration>
 //		channel_max <n>
@@ -80,6 +94,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := cfutil.Duration(d, &h.PauseTimeout); err != nil {
 				return err
 			}
+		case "stats":
+			if err := cfutil.OneArg(d, &h.Stats); err != nil {
+				return err
+			}
+		case "capture":
+			c, err := unmarshalCapture(d)
+			if err != nil {
+				return err
+			}
+			h.Captures = append(h.Captures, c)
 		case "name":
 			if err := cfutil.OneArg(d, &h.Name); err != nil {
 				return err
@@ -153,3 +177,57 @@ func uintArg(d *caddyfile.Dispenser, bits int) (uint64, error) {
 }
 
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+func unmarshalCapture(d *caddyfile.Dispenser) (Capture, error) {
+	var c Capture
+	c.Body = -1
+	if d.NextArg() {
+		return c, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		var err error
+		switch opt {
+		case "file", "format", "vhost", "user", "client", "connection_name", "exchange", "routing_key", "queue":
+			dst := map[string]*string{"file": &c.File, "format": &c.Format, "vhost": &c.Filter.VHost,
+				"user": &c.Filter.User, "client": &c.Filter.Client, "connection_name": &c.Filter.ConnectionName,
+				"exchange": &c.Filter.Exchange, "routing_key": &c.Filter.RoutingKey, "queue": &c.Filter.Queue}[opt]
+			err = cfutil.OneArg(d, dst)
+		case "body":
+			var s string
+			if err = cfutil.OneArg(d, &s); err == nil {
+				if c.Body, err = ParseBodyPolicy(s); err != nil {
+					err = d.Errf("capture: %v", err)
+				}
+			}
+		case "max_bytes":
+			var s string
+			if err = cfutil.OneArg(d, &s); err == nil {
+				n, perr := humanize.ParseBytes(s)
+				if perr != nil || n > math.MaxInt64 {
+					err = d.Errf("capture: max_bytes: %q is not a size", s)
+				}
+				c.MaxBytes = int64(n)
+			}
+		case "max_sessions":
+			var n uint64
+			if n, err = uintArg(d, 31); err == nil {
+				c.MaxSessions = int64(n)
+			}
+		case "duration":
+			err = cfutil.Duration(d, &c.Duration)
+		default:
+			return c, d.Errf("capture: unknown option %q", opt)
+		}
+		if err != nil {
+			return c, err
+		}
+		if d.NextArg() {
+			return c, d.ArgErr()
+		}
+	}
+	if c.File == "" {
+		return c, d.Err("capture: a 'file' is required")
+	}
+	return c, nil
+}

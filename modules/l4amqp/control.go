@@ -21,6 +21,7 @@ type Session struct {
 	User           string    `json:"user"`
 	ConnectionName string    `json:"connection_name"`
 	Upstream       string    `json:"upstream"`
+	Route          string    `json:"route"`
 	Started        time.Time `json:"started"`
 	// Bytes so far, from the kernel's counters of the client socket:
 	// in = from the client, out = to the client (handshake included).
@@ -39,6 +40,7 @@ type liveSession struct {
 	info     Session
 	client   net.Conn
 	upstream net.Conn
+	watch    *watch       // nil when nothing looks inside the session
 	sever    atomic.Int32 // 0, severNow or severGraceful: set once
 	why      atomic.Value // the Close reply text of a graceful sever
 }

@@ -57,12 +57,21 @@ type Handler struct {
 	// Clients held by a pause are routed, at resume, by the handler with
 	// this name in the config loaded then. Default "amqp".
 	Name string `json:"name,omitempty"`
+	// "off" turns the per-session statistics (messages, channels, blocked
+	// time) off: sessions nothing captures or traces are then not decoded.
+	// Default "on".
+	Stats string `json:"stats,omitempty"`
+	// Captures that run while this config is loaded, from its start. A
+	// reload that keeps one (same file) keeps it running; the file is
+	// appended to.
+	Captures []Capture `json:"captures,omitempty"`
 
-	limits  *learnedLimits
-	logger  *zap.Logger
-	metrics *handlerMetrics
-	ctx     caddy.Context
-	events  *caddyevents.App
+	captureKeys []string
+	limits      *learnedLimits
+	logger      *zap.Logger
+	metrics     *handlerMetrics
+	ctx         caddy.Context
+	events      *caddyevents.App
 }
 
 // Route sends the vhosts matching any of its patterns to its farm.
@@ -147,6 +156,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Name == "" {
 		h.Name = "amqp"
 	}
+	if h.Stats != "" && h.Stats != "on" && h.Stats != "off" {
+		return fmt.Errorf(`stats: %q is not "on" or "off"`, h.Stats)
+	}
+	if err := h.startCaptures(); err != nil {
+		return err
+	}
 	h.limits = sharedLimits
 	h.metrics = initMetrics(ctx.GetMetricsRegistry())
 	registerHandler(h)
@@ -179,6 +194,7 @@ func (h *Handler) drainRemovedMembers() {
 // Cleanup releases the farms' shared member state.
 func (h *Handler) Cleanup() error {
 	unregisterHandler(h)
+	h.releaseCaptures()
 	for _, r := range h.Routes {
 		_ = r.Farm.Cleanup()
 	}
@@ -187,6 +203,9 @@ func (h *Handler) Cleanup() error {
 	}
 	return nil
 }
+
+// statsOn reports whether sessions are decoded for statistics.
+func (h *Handler) statsOn() bool { return h.Stats != "off" }
 
 // route returns the farm for vhost, a stable label for metrics and the
 // block's effective limits.

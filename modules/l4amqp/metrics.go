@@ -19,8 +19,9 @@ type handlerMetrics struct {
 }
 
 var (
-	metricsOnce sync.Once
-	metrics     *handlerMetrics
+	metricsOnce    sync.Once
+	metrics        *handlerMetrics
+	messageMetrics = newMessageCollector()
 )
 
 func initMetrics(reg *prometheus.Registry) *handlerMetrics {
@@ -46,6 +47,6 @@ func initMetrics(reg *prometheus.Registry) *handlerMetrics {
 			}, []string{"route"}),
 		}
 	})
-	metricsreg.Register(reg, metrics.connections, metrics.active, metrics.bytes, metrics.handshake)
+	metricsreg.Register(reg, metrics.connections, metrics.active, metrics.bytes, metrics.handshake, messageMetrics)
 	return metrics
 }

@@ -37,12 +37,12 @@ func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended
 	go func() {
 		defer wg.Done()
 		var err error
-		inN, err = copyUp(upstream, client, rate)
+		inN, err = copyUp(upstream, client, rate, l.watch.clientSeen())
 		first.CompareAndSwap(nil, "client")
 		l.afterCopy(upstream, client, err)
 	}()
 	var tr amqp.FrameTracker
-	out, err := copyFrames(client, upstream, &tr)
+	out, err := copyFrames(client, upstream, &tr, l.watch)
 	first.CompareAndSwap(nil, "broker")
 	if l.sever.Load() == severGraceful {
 		k, _ := finishFrame(client, upstream, &tr)
@@ -92,10 +92,16 @@ func (l *liveSession) afterCopy(dst, src net.Conn, err error) {
 	}
 }
 
-// copyFrames copies broker frames to the client, tracking boundaries. It
-// returns nil at the broker's EOF.
-func copyFrames(dst, src net.Conn, tr *amqp.FrameTracker) (int64, error) {
-	return relay.CopyAdaptive(dst, src, tr.Feed)
+// copyFrames copies broker frames to the client, tracking boundaries and
+// feeding the session's watch (if any). It returns nil at the broker's EOF.
+func copyFrames(dst, src net.Conn, tr *amqp.FrameTracker, w *watch) (int64, error) {
+	if w == nil {
+		return relay.CopyAdaptive(dst, src, tr.Feed)
+	}
+	return relay.CopyAdaptive(dst, src, func(b []byte) {
+		tr.Feed(b)
+		w.fromBroker(b)
+	})
 }
 
 func eofIsNil(err error) error {
@@ -131,13 +137,13 @@ func finishFrame(dst, src net.Conn, tr *amqp.FrameTracker) (int64, error) {
 	return n, nil
 }
 
-// copyUp copies client bytes to the broker: through relay.CopyAdaptive,
+// copyUp copies client bytes to the broker, showing them to seen (if not nil): through relay.CopyAdaptive,
 // or, with a data rate, paced: reads of at most a second's worth (64 KiB at
 // most), each followed by a sleep until the bytes so far are within rate.
 // Its buffer is borrowed per read and given back before the sleep.
-func copyUp(dst, src net.Conn, rate int64) (int64, error) {
+func copyUp(dst, src net.Conn, rate int64, seen func([]byte)) (int64, error) {
 	if rate <= 0 {
-		return relay.CopyAdaptive(dst, src, nil)
+		return relay.CopyAdaptive(dst, src, seen)
 	}
 	r := relay.NewReader(src, nil)
 	r.Limit(int(min(rate, throttledRead)))
@@ -147,6 +153,9 @@ func copyUp(dst, src net.Conn, rate int64) (int64, error) {
 	for {
 		b, err := r.Read(throttledBuffers)
 		if len(b) > 0 {
+			if seen != nil {
+				seen(b)
+			}
 			w, werr := dst.Write(b)
 			n += int64(w)
 			if werr != nil {

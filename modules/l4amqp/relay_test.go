@@ -63,7 +63,7 @@ func TestCopyFramesExact(t *testing.T) {
 	got := make(chan []byte)
 	go func() { b, _ := io.ReadAll(clientR); got <- b }()
 	var tr amqp.FrameTracker
-	n, err := copyFrames(clientW, brokerR, &tr)
+	n, err := copyFrames(clientW, brokerR, &tr, nil)
 	_ = clientW.Close()
 	if err != nil || n != int64(len(stream)) {
 		t.Fatalf("copied %d of %d bytes: %v", n, len(stream), err)

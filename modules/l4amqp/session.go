@@ -305,10 +305,15 @@ func (s *session) routeAndRelay() string {
 	l := &liveSession{client: s.cx.Conn, upstream: lease.Conn, info: Session{
 		Client: s.remote.String(), VHost: vhost, User: s.user,
 		ConnectionName: s.startOk.ClientProperties.String("connection_name"),
-		Upstream:       upstream, Started: time.Now(),
+		Upstream:       upstream, Route: label, Started: time.Now(),
 	}}
 	addSession(l)
 	defer removeSession(l.info.ID)
+	l.watch = newWatch(s.meta(l, lease.Conn.RemoteAddr(), openOk), s.h.statsOn())
+	if l.watch != nil {
+		addWatch(l.watch)
+		defer removeWatch(l.watch)
+	}
 	if _, err := s.cx.Write(openOk); err != nil {
 		return outcomeClientClosed
 	}
@@ -325,11 +330,18 @@ func (s *session) routeAndRelay() string {
 	s.h.metrics.active.WithLabelValues(label).Dec()
 	s.h.metrics.bytes.WithLabelValues(label, "upstream").Add(float64(up))
 	s.h.metrics.bytes.WithLabelValues(label, "downstream").Add(float64(down))
+	var msgs sessionMessages
+	if l.watch != nil {
+		l.watch.end(ended)
+		msgs = l.watch.messages()
+		foldRoute(label, msgs)
+	}
 	record(true, vhost, upstream, source, func(c *Counters) {
 		c.Active--
 		c.Closes[ended]++
 		c.BytesIn += uint64(up)
 		c.BytesOut += uint64(down)
+		c.addMessages(msgs)
 	})
 	s.h.emit(EventSessionClose, map[string]any{"id": l.info.ID, "client": l.info.Client, "vhost": vhost,
 		"upstream": upstream, "ended": ended, "bytes_in": up, "bytes_out": down})
@@ -405,6 +417,13 @@ func (s *session) drainWhileHeld() error {
 		return closeWith(outcomeProtocolError, amqp.ReplyUnexpectedFrame,
 			"UNEXPECTED_FRAME - a frame before Connection.Open-Ok (the vhost is paused)")
 	}
+}
+
+// meta describes the routed session to captures and traces.
+func (s *session) meta(l *liveSession, broker net.Addr, openOk []byte) *sessionMeta {
+	return &sessionMeta{ID: l.info.ID, Client: s.remote, Broker: broker, VHost: l.info.VHost, User: s.user,
+		Mechanism: s.startOk.Mechanism, ConnectionName: l.info.ConnectionName, Route: l.info.Route,
+		Started: l.info.Started, handshake: s.handshakeFrames(openOk)}
 }
 
 func (s *session) setPlaceholders(upstream string) {

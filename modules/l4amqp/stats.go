@@ -2,7 +2,10 @@ package l4amqp
 
 import (
 	"net"
+	"strconv"
 	"sync"
+
+	"github.com/caddyprelude/prelude/amqp"
 )
 
 // Counters count what happened to client connections, for GET
@@ -22,6 +25,22 @@ type Counters struct {
 	Closes   map[string]uint64 `json:"closes"`
 	BytesIn  uint64            `json:"bytes_in"`  // client to broker, after the handshake
 	BytesOut uint64            `json:"bytes_out"` // broker to client, after the handshake
+	// From the session decoder (zero with stats off): messages, channels
+	// opened, Channel.Close reply codes, time blocked by the broker.
+	Messages       amqp.Counts       `json:"messages"`
+	ChannelsOpened uint64            `json:"channels_opened"`
+	ChannelCloses  map[string]uint64 `json:"channel_closes"`
+	BlockedSeconds float64           `json:"blocked_seconds"`
+}
+
+// addMessages adds a session's statistics.
+func (c *Counters) addMessages(m sessionMessages) {
+	c.Messages.Add(m.Counts)
+	c.ChannelsOpened += m.ChannelsOpened
+	for code, n := range m.ChannelCloses {
+		c.ChannelCloses[strconv.Itoa(int(code))] += n
+	}
+	c.BlockedSeconds += m.Blocked.Seconds()
 }
 
 // Stats is the whole of GET /prelude/amqp/stats.
@@ -58,7 +77,7 @@ func newStats() *Stats {
 }
 
 func newCounters() Counters {
-	return Counters{Refused: map[string]uint64{}, Closes: map[string]uint64{}}
+	return Counters{Refused: map[string]uint64{}, Closes: map[string]uint64{}, ChannelCloses: map[string]uint64{}}
 }
 
 func counters(m map[string]*Counters, key string, limit int) *Counters {
@@ -112,18 +131,23 @@ func record(overall bool, vhost, upstream, source string, f func(*Counters)) {
 	}
 }
 
-// StatsSnapshot returns a deep copy of the counters.
+// StatsSnapshot returns a deep copy of the counters, the live sessions'
+// message statistics included.
 func StatsSnapshot() Stats {
+	live := liveMessages()
 	statsMu.Lock()
 	defer statsMu.Unlock()
 	cp := func(c *Counters) *Counters {
 		n := *c
-		n.Refused, n.Closes = map[string]uint64{}, map[string]uint64{}
+		n.Refused, n.Closes, n.ChannelCloses = map[string]uint64{}, map[string]uint64{}, map[string]uint64{}
 		for k, v := range c.Refused {
 			n.Refused[k] = v
 		}
 		for k, v := range c.Closes {
 			n.Closes[k] = v
+		}
+		for k, v := range c.ChannelCloses {
+			n.ChannelCloses[k] = v
 		}
 		return &n
 	}
@@ -136,6 +160,14 @@ func StatsSnapshot() Stats {
 	}
 	for k, v := range stats.Sources {
 		out.Sources[k] = cp(v)
+	}
+	for _, m := range live {
+		out.Overall.addMessages(m.msgs)
+		for _, c := range []*Counters{out.VHosts[m.vhost], out.Upstreams[m.upstream], out.Sources[m.source]} {
+			if c != nil {
+				c.addMessages(m.msgs)
+			}
+		}
 	}
 	return out
 }

@@ -22,6 +22,11 @@ import (
 //	POST   /prelude/amqp/vhosts/{vhost}/resume
 //	GET    /prelude/amqp/vhosts (paused vhosts)
 //	GET    /prelude/amqp/stats
+//	GET    /prelude/amqp/sessions/{id}        one session with its channels
+//	POST   /prelude/amqp/captures              start a capture (JSON body) -> 201 {"id"}
+//	GET    /prelude/amqp/captures              list captures with their counters
+//	DELETE /prelude/amqp/captures/{id}         stop one; its file is complete
+//	GET    /prelude/amqp/trace[?filter keys]   NDJSON until the reader leaves
 //
 // A vhost in the path is URL-escaped: "/" is %2F.
 func (Admin) amqpAPI(w http.ResponseWriter, r *http.Request) error {
@@ -41,6 +46,29 @@ func (Admin) amqpAPI(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return writeJSON(w, http.StatusOK, l4amqp.Sessions(r.URL.Query().Get("vhost")))
+	case len(parts) == 2 && parts[0] == "sessions" && r.Method == http.MethodGet:
+		id, err := strconv.ParseUint(parts[1], 10, 64)
+		d, ok := l4amqp.SessionByID(id)
+		if err != nil || !ok {
+			return apiErr(http.StatusNotFound, "no live session %q", parts[1])
+		}
+		return writeJSON(w, http.StatusOK, d)
+	case len(parts) == 1 && parts[0] == "captures":
+		return captures(w, r)
+	case len(parts) == 2 && parts[0] == "captures":
+		if err := method(r, http.MethodDelete); err != nil {
+			return err
+		}
+		info, ok := l4amqp.StopCapture(parts[1])
+		if !ok {
+			return apiErr(http.StatusNotFound, "no capture %q", parts[1])
+		}
+		return writeJSON(w, http.StatusOK, info)
+	case len(parts) == 1 && parts[0] == "trace":
+		if err := method(r, http.MethodGet); err != nil {
+			return err
+		}
+		return trace(w, r)
 	case len(parts) == 2 && parts[0] == "sessions":
 		if err := method(r, http.MethodDelete); err != nil {
 			return err

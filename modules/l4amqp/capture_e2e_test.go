@@ -1,0 +1,442 @@
+package l4amqp_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
+	"github.com/caddyprelude/prelude/modules/l4amqp"
+)
+
+// line is one NDJSON line of a capture or trace.
+type line struct {
+	Session  uint64         `json:"session"`
+	Event    string         `json:"event"`
+	Dir      string         `json:"dir"`
+	Channel  uint16         `json:"channel"`
+	Type     string         `json:"type"`
+	Method   string         `json:"method"`
+	Args     map[string]any `json:"args"`
+	Props    map[string]any `json:"properties"`
+	BodySize uint64         `json:"body_size"`
+	Body     string         `json:"body"`
+	Lines    uint64         `json:"lines"`
+	User     string         `json:"user"`
+	VHost    string         `json:"vhost"`
+}
+
+func readLines(t *testing.T, b []byte) []line {
+	t.Helper()
+	var out []line
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(nil, 16<<20)
+	for sc.Scan() {
+		var l line
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("not a JSON line: %v\n%s", err, sc.Text())
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// startCapture POSTs a capture and returns its id.
+func startCapture(t *testing.T, c *e2e.Caddy, spec string) string {
+	t.Helper()
+	code, body := post(t, c, "/prelude/amqp/captures", spec)
+	if code != http.StatusCreated {
+		t.Fatalf("POST captures %s: %d %s", spec, code, body)
+	}
+	var out struct{ ID string }
+	if err := json.Unmarshal([]byte(body), &out); err != nil || out.ID == "" {
+		t.Fatalf("POST captures: %s", body)
+	}
+	return out.ID
+}
+
+func post(t *testing.T, c *e2e.Caddy, path, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post("http://"+c.Admin+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// scenario is what the capture must hold: it declares an exchange and a
+// server-named queue, publishes three messages with confirms and one
+// mandatory unroutable, consumes, acks, nacks and rejects, and publishes
+// one more in a transaction.
+func scenario(t *testing.T, url string) {
+	t.Helper()
+	conn, err := amqp091.DialConfig(url, amqp091.Config{Properties: amqp091.Table{"connection_name": "capture-e2e"}})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	mustOK(t, err)
+	mustOK(t, ch.ExchangeDeclare("prelude.capture", "direct", false, true, false, false, nil))
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	mustOK(t, err)
+	mustOK(t, ch.QueueBind(q.Name, "rk.a", "prelude.capture", false, nil))
+	mustOK(t, ch.Confirm(false))
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 8))
+	returns := ch.NotifyReturn(make(chan amqp091.Return, 1))
+	for _, body := range []string{"one", "two", "three"} {
+		mustOK(t, ch.Publish("prelude.capture", "rk.a", false, false, amqp091.Publishing{ContentType: "text/plain", Body: []byte(body)}))
+	}
+	mustOK(t, ch.Publish("prelude.capture", "nowhere", true, false, amqp091.Publishing{Body: []byte("lost")}))
+	for range 4 {
+		if c := <-confirms; !c.Ack {
+			t.Fatalf("confirm %d nacked", c.DeliveryTag)
+		}
+	}
+	<-returns
+	deliveries, err := ch.Consume(q.Name, "capture-consumer", false, false, false, false, nil)
+	mustOK(t, err)
+	d1, d2, d3 := <-deliveries, <-deliveries, <-deliveries
+	mustOK(t, d1.Ack(false))
+	mustOK(t, d2.Nack(false, false))
+	mustOK(t, d3.Reject(false))
+	tx, err := conn.Channel()
+	mustOK(t, err)
+	mustOK(t, tx.Tx())
+	mustOK(t, tx.Publish("prelude.capture", "rk.a", false, false, amqp091.Publishing{Body: []byte("in a transaction")}))
+	mustOK(t, tx.TxCommit())
+	mustOK(t, (<-deliveries).Ack(false))
+	mustOK(t, tx.Close())
+	mustOK(t, ch.Close())
+}
+
+func mustOK(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// methods returns the methods of the lines from dir, in order.
+func methods(ls []line, dir string) []string {
+	var out []string
+	for _, l := range ls {
+		if l.Type == "method" && l.Dir == dir {
+			out = append(out, l.Method)
+		}
+	}
+	return out
+}
+
+func count(xs []string, x string) int {
+	n := 0
+	for _, s := range xs {
+		if s == x {
+			n++
+		}
+	}
+	return n
+}
+
+func TestCaptureNDJSONHoldsWhatTheClientDid(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "/")))
+	file := filepath.Join(t.TempDir(), "cap.ndjson")
+	id := startCapture(t, c, fmt.Sprintf(`{"filter": {"vhost": "/"}, "format": "ndjson", "file": %q, "body": "full"}`, file))
+	scenario(t, e2e.URL(addr, "/"))
+	waitFor(t, "the session to end", func() bool { return len(sessions(t, c, "?vhost=/")) == 0 })
+	mustDo(t, c, http.MethodDelete, "/prelude/amqp/captures/"+id, http.StatusOK)
+	raw, err := os.ReadFile(file)
+	mustOK(t, err)
+	if bytes.Contains(raw, []byte(e2e.TestPassword)) {
+		t.Fatal("the capture holds the password")
+	}
+	ls := readLines(t, raw)
+	client, broker := methods(ls, "client"), methods(ls, "broker")
+	for m, n := range map[string]int{"connection.start-ok": 1, "connection.open": 1, "exchange.declare": 1,
+		"queue.declare": 1, "queue.bind": 1, "confirm.select": 1, "basic.publish": 5, "basic.consume": 1,
+		"basic.ack": 2, "basic.nack": 1, "basic.reject": 1, "tx.select": 1, "tx.commit": 1,
+		"channel.open": 2, "channel.close": 2, "connection.close": 1} {
+		if got := count(client, m); got != n {
+			t.Errorf("client %s: %d lines, want %d", m, got, n)
+		}
+	}
+	for m, n := range map[string]int{"connection.start": 1, "connection.open-ok": 1, "queue.declare-ok": 1,
+		"basic.return": 1, "basic.deliver": 4, "tx.commit-ok": 1, "connection.close-ok": 1} {
+		if got := count(broker, m); got != n {
+			t.Errorf("broker %s: %d lines, want %d", m, got, n)
+		}
+	}
+	if count(broker, "basic.ack") == 0 {
+		t.Error("no publisher confirm was captured")
+	}
+	var bodies []string
+	var serverNamed string
+	for _, l := range ls {
+		switch {
+		case l.Type == "body" && l.Dir == "client":
+			b, _ := base64.StdEncoding.DecodeString(l.Body)
+			bodies = append(bodies, string(b))
+		case l.Method == "queue.declare-ok":
+			serverNamed, _ = l.Args["queue"].(string)
+		case l.Method == "connection.start-ok":
+			if r, _ := l.Args["response"].(string); !strings.Contains(r, "redacted PLAIN") || !strings.Contains(r, e2e.TestUser) {
+				t.Errorf("start-ok response %q: want a marker naming the mechanism and user", r)
+			}
+		case l.Type == "header" && l.Dir == "client" && l.BodySize == 3:
+			if l.Props["content-type"] != "text/plain" {
+				t.Errorf("content header properties %v", l.Props)
+			}
+		}
+	}
+	if strings.Join(bodies, ",") != "one,two,three,lost,in a transaction" {
+		t.Errorf("published bodies %q", bodies)
+	}
+	if !strings.HasPrefix(serverNamed, "amq.gen-") {
+		t.Errorf("queue.declare-ok names %q, want the broker's server-named queue", serverNamed)
+	}
+	if ls[0].Event != "open" || ls[0].User != e2e.TestUser || ls[len(ls)-1].Event != "close" {
+		t.Errorf("first and last lines: %+v ... %+v", ls[0], ls[len(ls)-1])
+	}
+}
+
+// The per-session statistics follow a live session, and the vhost's totals
+// take it in when it ends.
+func TestSessionStatistics(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostA)))
+	before := vhostCounters(amqpStats(t, c), e2e.VhostA).Messages
+	conn := dial(t, e2e.URL(addr, e2e.VhostA))
+	ch, err := conn.Channel()
+	mustOK(t, err)
+	mustOK(t, ch.Confirm(false))
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	mustOK(t, err)
+	for i := range 10 {
+		dc, err := ch.PublishWithDeferredConfirm("", q.Name, false, false, amqp091.Publishing{Body: make([]byte, 16+i)})
+		mustOK(t, err)
+		dc.Wait()
+	}
+	deliveries, err := ch.Consume(q.Name, "", false, false, false, false, nil)
+	mustOK(t, err)
+	for range 10 {
+		d := <-deliveries
+		mustOK(t, d.Ack(false))
+	}
+	id, ok := sessionOf(t, c, conn.LocalAddr())
+	if !ok {
+		t.Fatal("no session for the client")
+	}
+	var d l4amqp.SessionDetail
+	waitFor(t, "the acks to be counted", func() bool {
+		_, body := c.Get(t, "/prelude/amqp/sessions/"+itoa(id))
+		mustOK(t, json.Unmarshal([]byte(body), &d))
+		return d.Messages.Acked == 10
+	})
+	m := d.Messages
+	if m.Published != 10 || m.PublishedBytes != 16*10+45 || m.Confirmed != 10 || m.Delivered != 10 || m.DeliveredBytes != m.PublishedBytes {
+		t.Errorf("session counts %+v", m)
+	}
+	if len(d.Channels) != 1 || d.Channels[0].ID != 1 || !d.Channels[0].Confirm || d.Channels[0].Counts.Published != 10 {
+		t.Errorf("channels %+v", d.Channels)
+	}
+	mustOK(t, ch.Close())
+	mustOK(t, conn.Close())
+	waitFor(t, "the session to end", func() bool { _, still := sessionOf(t, c, conn.LocalAddr()); return !still })
+	after := vhostCounters(amqpStats(t, c), e2e.VhostA)
+	if after.Messages.Published-before.Published != 10 || after.Messages.Acked-before.Acked != 10 || after.ChannelCloses["200"] == 0 {
+		t.Errorf("vhost totals before %+v after %+v", before, after)
+	}
+	metrics := c.Metrics(t)
+	for _, want := range []string{`caddy_layer4_amqp_messages_total{kind="published",route="` + e2e.VhostA + `"}`,
+		`caddy_layer4_amqp_channels_opened_total{route="` + e2e.VhostA + `"}`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+func TestCapturePCAPNGDecodesInTshark(t *testing.T) {
+	tshark := requireTool(t, "tshark")
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "/")))
+	file := filepath.Join(t.TempDir(), "cap.pcapng")
+	id := startCapture(t, c, fmt.Sprintf(`{"filter": {"vhost": "/"}, "format": "pcapng", "file": %q, "body": 2}`, file))
+	scenario(t, e2e.URL(addr, "/"))
+	waitFor(t, "the session to end", func() bool { return len(sessions(t, c, "?vhost=/")) == 0 })
+	mustDo(t, c, http.MethodDelete, "/prelude/amqp/captures/"+id, http.StatusOK)
+	raw, err := os.ReadFile(file)
+	mustOK(t, err)
+	if bytes.Contains(raw, []byte(e2e.TestPassword)) {
+		t.Fatal("the capture holds the password")
+	}
+	out, err := exec.Command(tshark, "-r", file, "-Y", "amqp", "-T", "fields", "-e", "amqp.method.class", "-e", "amqp.method.method").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, out)
+	}
+	got := map[string]int{}
+	for _, l := range strings.Split(string(out), "\n") {
+		for _, pair := range zipFields(l) {
+			got[pair]++
+		}
+	}
+	// class,method ids as the dissector reads them.
+	for pair, n := range map[string]int{"10,11": 1, "10,40": 1, "40,10": 1, "50,10": 1, "85,10": 1,
+		"60,40": 5, "60,50": 1, "60,60": 4, "60,90": 1, "60,120": 1, "90,20": 1, "10,50": 1} {
+		if got[pair] != n {
+			t.Errorf("tshark shows %s %d times, want %d (all: %v)", pair, got[pair], n, got)
+		}
+	}
+}
+
+// zipFields pairs tshark's comma-separated class and method columns.
+func zipFields(l string) []string {
+	cols := strings.Split(l, "\t")
+	if len(cols) != 2 || cols[0] == "" {
+		return nil
+	}
+	cs, ms := strings.Split(cols[0], ","), strings.Split(cols[1], ",")
+	var out []string
+	for i := range min(len(cs), len(ms)) {
+		out = append(out, cs[i]+","+ms[i])
+	}
+	return out
+}
+
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if e2e.CI() {
+			t.Fatalf("%s is not installed (scripts/test-deps.sh installs it)", name)
+		}
+		t.Skipf("%s is not installed", name)
+	}
+	return p
+}
+
+// A routing-key filter keeps only the channel that published with it.
+func TestCaptureRoutingKeyFilterKeepsThatChannel(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "/")))
+	file := filepath.Join(t.TempDir(), "rk.ndjson")
+	id := startCapture(t, c, fmt.Sprintf(`{"filter": {"routing_key": "keep.*"}, "file": %q}`, file))
+	conn := dial(t, e2e.URL(addr, "/"))
+	keep, err := conn.Channel()
+	mustOK(t, err)
+	other, err := conn.Channel()
+	mustOK(t, err)
+	for i := range 3 {
+		mustOK(t, other.Publish("", "other.queue", false, false, amqp091.Publishing{Body: []byte("other")}))
+		mustOK(t, keep.Publish("", "keep.me", false, false, amqp091.Publishing{Body: []byte(fmt.Sprint("kept ", i))}))
+	}
+	mustOK(t, conn.Close())
+	waitFor(t, "the session to end", func() bool { _, still := sessionOf(t, c, conn.LocalAddr()); return !still })
+	mustDo(t, c, http.MethodDelete, "/prelude/amqp/captures/"+id, http.StatusOK)
+	raw, err := os.ReadFile(file)
+	mustOK(t, err)
+	ls := readLines(t, raw)
+	publishes := 0
+	for _, l := range ls {
+		if l.Channel != 0 && l.Channel != 1 {
+			t.Errorf("a frame of channel %d was kept: %+v", l.Channel, l)
+		}
+		if l.Method == "basic.publish" {
+			publishes++
+			if l.Args["routing-key"] != "keep.me" {
+				t.Errorf("kept a publish to %v", l.Args["routing-key"])
+			}
+		}
+	}
+	if publishes != 3 {
+		t.Errorf("%d publishes kept, want 3:\n%s", publishes, raw)
+	}
+}
+
+func TestCaptureRequestErrors(t *testing.T) {
+	c, _ := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "/")))
+	dir := t.TempDir()
+	exists := filepath.Join(dir, "exists")
+	mustOK(t, os.WriteFile(exists, nil, 0o600))
+	for spec, want := range map[string]string{
+		`{"file": "/nonexistent/dir/cap.ndjson"}`:                           "no such file or directory",
+		fmt.Sprintf(`{"file": %q}`, exists):                                 "file exists",
+		fmt.Sprintf(`{"file": %q, "format": "pcap"}`, dir+"/x"):             `pcap`,
+		fmt.Sprintf(`{"file": %q, "body": "some"}`, dir+"/y"):               "body",
+		fmt.Sprintf(`{"file": %q, "filter": {"client": "nope"}}`, dir+"/z"): "filter.client",
+		fmt.Sprintf(`{"file": %q, "filter": {"vhost": "["}}`, dir+"/w"):     "filter.vhost",
+		`{"format": "ndjson"}`:                                              "file",
+		`{"file": "x", "bogus": 1}`:                                         "bogus",
+	} {
+		code, body := post(t, c, "/prelude/amqp/captures", spec)
+		if code != http.StatusBadRequest || !strings.Contains(body, want) {
+			t.Errorf("POST %s: %d %s, want 400 naming %q", spec, code, body, want)
+		}
+	}
+	mustDo(t, c, http.MethodDelete, "/prelude/amqp/captures/nope", http.StatusNotFound)
+}
+
+// A trace streams the lines of a live vhost; a reader that does not keep up
+// loses lines, counted in a "dropped" line, and never slows the session.
+func TestTraceStreamsAndDropsForASlowReader(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
+	conn := dial(t, e2e.URL(addr, e2e.VhostB)) // live before the trace starts
+	resp, err := http.Get("http://" + c.Admin + "/prelude/amqp/trace?vhost=" + e2e.VhostB)
+	mustOK(t, err)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("trace: %d", resp.StatusCode)
+	}
+	ch, err := conn.Channel()
+	mustOK(t, err)
+	mustOK(t, ch.Confirm(false))
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	mustOK(t, err)
+	const n = 30000
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, n))
+	for range n { // the reader reads nothing meanwhile
+		mustOK(t, ch.Publish("", q.Name, false, false, amqp091.Publishing{Body: make([]byte, 16)}))
+	}
+	for i := range n {
+		select {
+		case c := <-confirms:
+			if !c.Ack {
+				t.Fatalf("confirm %d nacked", i)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%d of %d confirms", i, n)
+		}
+	}
+	mustOK(t, conn.Close())
+	var published, dropped uint64
+	sc := bufio.NewScanner(resp.Body)
+	deadline := time.AfterFunc(2*time.Second, func() { _ = resp.Body.Close() })
+	defer deadline.Stop()
+	for sc.Scan() {
+		var l line
+		mustOK(t, json.Unmarshal(sc.Bytes(), &l))
+		if l.Method == "basic.publish" {
+			published++
+		}
+		dropped += l.Lines
+		if l.Method == "connection.close-ok" {
+			break
+		}
+	}
+	if published == 0 || dropped == 0 {
+		t.Fatalf("trace lines: %d publishes, %d dropped; want both", published, dropped)
+	}
+	if published >= n {
+		t.Errorf("every publish was traced although the reader was slow")
+	}
+}
