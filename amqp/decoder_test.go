@@ -223,3 +223,30 @@ func TestDecodeArgsOfEveryMethodInTheSession(t *testing.T) {
 		d.Feed(b)
 	}
 }
+
+// BenchmarkObserve16 is what the always-on statistics cost per 16-byte
+// publish on the relay: decoding its three frames and counting them.
+func BenchmarkObserve16(b *testing.B) {
+	o := NewObserver(nil)
+	d := &Decoder{Dir: FromClient, Emit: o.Observe}
+	open, _ := AppendMethodFrame(nil, 1, &OtherMethod{Class: ClassChannel, Method: MethodChannelOpen, Args: []byte{0}})
+	d.Feed(open)
+	pub := publishFrames(1, 16)
+	b.SetBytes(int64(len(pub)))
+	b.ReportAllocs()
+	for b.Loop() {
+		d.Feed(pub)
+	}
+}
+
+// BenchmarkTrack16 is the frame tracking every relayed session already
+// paid per 16-byte publish, for comparison.
+func BenchmarkTrack16(b *testing.B) {
+	var tr FrameTracker
+	pub := publishFrames(1, 16)
+	b.SetBytes(int64(len(pub)))
+	b.ReportAllocs()
+	for b.Loop() {
+		tr.Feed(pub)
+	}
+}

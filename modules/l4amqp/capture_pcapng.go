@@ -67,10 +67,12 @@ type pcapSession struct {
 	client, broker   net.TCPAddr
 	clientSeq, brSeq uint32
 	v6               bool
+	buf              gopacket.SerializeBuffer // reused packet after packet
+	wire             []byte                   // reused for the frame's bytes
 }
 
 func (p *pcapWriter) newSession(m *sessionMeta) *pcapSession {
-	s := &pcapSession{w: p, client: tcpAddr(m.Client), broker: tcpAddr(m.Broker)}
+	s := &pcapSession{w: p, client: tcpAddr(m.Client), broker: tcpAddr(m.Broker), buf: gopacket.NewSerializeBuffer()}
 	s.v6 = s.client.IP.To4() == nil || s.broker.IP.To4() == nil
 	// Initial sequence numbers from the session id: distinct per session.
 	s.clientSeq, s.brSeq = uint32(m.ID)*7919, uint32(m.ID)*104729
@@ -103,7 +105,8 @@ func (s *pcapSession) frame(f *amqp.FrameInfo, now time.Time) error {
 	if f.Err != nil {
 		return nil // a malformed frame has no known extent; the NDJSON format records it
 	}
-	b, wireLen := wireFrame(nil, f)
+	b, wireLen := wireFrame(s.wire[:0], f)
+	s.wire = b
 	for off := 0; off < wireLen; off += maxSegment {
 		n := min(maxSegment, wireLen-off)
 		kept := b[min(off, len(b)):min(off+n, len(b))]
@@ -161,7 +164,7 @@ func (s *pcapSession) packet(now time.Time, dir amqp.Dir, fl tcpFlags, kept []by
 		ip = &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.IP.To4(), DstIP: dst.IP.To4()}
 	}
 	_ = tcp.SetNetworkLayerForChecksum(ip)
-	buf := gopacket.NewSerializeBuffer()
+	buf := s.buf
 	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
 	if err := gopacket.SerializeLayers(buf, opts, ip.(gopacket.SerializableLayer), tcp, gopacket.Payload(kept)); err != nil {
 		return err

@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
+)
+
+// smallPaths are the ways a 16-byte message reaches RabbitMQ in
+// BenchmarkSmallMessages: direct; Prelude with statistics on (the default)
+// and off; Prelude with a capture selecting the session, NDJSON and pcapng,
+// bodies kept; caddy-l4's proxy.
+var smallPaths = []string{"direct", "prelude", "prelude-nostats", "capture-ndjson", "capture-pcapng", "l4proxy"}
+
+// startSmallCaddy serves one listener per path but direct. The capture
+// paths' clients name their connection after the path, which is what the
+// two captures (configured on the stats-on handler) select.
+func startSmallCaddy(b *testing.B) (map[string]string, *e2e.Caddy) {
+	addrs := map[string]string{"direct": e2e.RabbitAddr}
+	servers := map[string]any{}
+	dir := b.TempDir()
+	amqpServer := func(name string, h map[string]any) {
+		addrs[name] = e2e.FreePort(b)
+		h["handler"] = "amqp"
+		h["default"] = map[string]any{"to": []string{e2e.RabbitAddr}}
+		h["name"] = name
+		servers[name] = map[string]any{"listen": []string{addrs[name]}, "routes": []any{map[string]any{
+			"match": []any{map[string]any{"amqp": map[string]any{}}}, "handle": []any{h}}}}
+	}
+	amqpServer("prelude", map[string]any{"captures": []any{
+		map[string]any{"file": filepath.Join(dir, "bench.ndjson"), "format": "ndjson", "filter": map[string]any{"connection_name": "capture-ndjson"}},
+		map[string]any{"file": filepath.Join(dir, "bench.pcapng"), "format": "pcapng", "filter": map[string]any{"connection_name": "capture-pcapng"}},
+	}})
+	amqpServer("prelude-nostats", map[string]any{"stats": "off"})
+	addrs["capture-ndjson"], addrs["capture-pcapng"] = addrs["prelude"], addrs["prelude"]
+	addrs["l4proxy"] = e2e.FreePort(b)
+	servers["l4proxy"] = map[string]any{"listen": []string{addrs["l4proxy"]}, "routes": []any{map[string]any{
+		"handle": []any{map[string]any{"handler": "proxy", "upstreams": []any{map[string]any{"dial": []string{e2e.RabbitAddr}}}}}}}}
+	cfg := map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": servers}}}
+	return addrs, startBenchCaddy(b, cfg)
+}
+
+// BenchmarkSmallMessages measures, on every path in turn in each
+// iteration: the round trip of a 16-byte message (publish, delivered to a
+// consumer on the same connection), and the delivered rate of 16-byte
+// messages from one publisher connection to one consumer connection, with
+// the CPU per delivered message of everything this process and a separate
+// Caddy run (RabbitMQ excluded), and that less the direct path's: the
+// proxy's own. Rates and round trips are medians over the iterations.
+func BenchmarkSmallMessages(b *testing.B) {
+	e2e.RequireRabbit(b)
+	addrs, caddy := startSmallCaddy(b)
+	const rtts, msgs = 200, 5000
+	rtt, rate, cpu := map[string][]float64{}, map[string][]float64{}, map[string]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, p := range smallPaths {
+			url := e2e.URL(addrs[p], "/")
+			d, err := smallPingPong(url, p, rtts)
+			if err != nil {
+				b.Fatalf("%s ping-pong: %v", p, err)
+			}
+			rtt[p] = append(rtt[p], float64(d.Nanoseconds())/rtts/1000)
+			cpu0 := totalCPU(caddy)
+			d, err = oneToOne(url, p, msgs)
+			if err != nil {
+				b.Fatalf("%s 1p1c: %v", p, err)
+			}
+			rate[p] = append(rate[p], msgs/d.Seconds())
+			cpu[p] += totalCPU(caddy) - cpu0
+		}
+	}
+	b.StopTimer()
+	med := func(m map[string][]float64, p string) float64 { return median(m[p]) }
+	for _, p := range smallPaths {
+		b.ReportMetric(med(rtt, p), p+"-rtt-us")
+		b.ReportMetric(med(rate, p), p+"-msg/s")
+		perMsg := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N*msgs) / 1000 }
+		b.ReportMetric(perMsg(cpu[p]), p+"-cpu-us/msg")
+		if p != "direct" {
+			b.ReportMetric(perMsg(cpu[p]-cpu["direct"]), p+"-proxy-cpu-us/msg")
+			b.ReportMetric(med(rate, p)/med(rate, "direct"), p+"/direct")
+		}
+	}
+	b.ReportMetric(med(rate, "prelude")/med(rate, "prelude-nostats"), "stats-on/off-rate")
+	b.ReportMetric(med(rtt, "prelude")/med(rtt, "prelude-nostats"), "stats-on/off-rtt")
+	b.ReportMetric(med(rate, "capture-ndjson")/med(rate, "prelude"), "ndjson/capture-off-rate")
+	b.ReportMetric(med(rate, "capture-pcapng")/med(rate, "prelude"), "pcapng/capture-off-rate")
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func dialNamed(url, name string) (*amqp091.Connection, error) {
+	return amqp091.DialConfig(url, amqp091.Config{Properties: amqp091.Table{"connection_name": name}})
+}
+
+// smallPingPong returns the time n round trips of a 16-byte message took.
+func smallPingPong(url, name string, n int) (time.Duration, error) {
+	conn, err := dialNamed(url, name)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, err
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		return 0, err
+	}
+	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		return 0, err
+	}
+	body := make([]byte, 16)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if err := ch.Publish("", q.Name, false, false, amqp091.Publishing{Body: body}); err != nil {
+			return 0, err
+		}
+		if _, ok := <-deliveries; !ok {
+			return 0, fmt.Errorf("deliveries closed after %d", i)
+		}
+	}
+	return time.Since(start), nil
+}
+
+// oneToOne returns the time n 16-byte messages took from a publisher
+// connection to a consumer connection (auto-ack, prefetch unlimited).
+func oneToOne(url, name string, n int) (time.Duration, error) {
+	cc, err := dialNamed(url, name)
+	if err != nil {
+		return 0, err
+	}
+	defer cc.Close()
+	pc, err := dialNamed(url, name)
+	if err != nil {
+		return 0, err
+	}
+	defer pc.Close()
+	cch, err := cc.Channel()
+	if err != nil {
+		return 0, err
+	}
+	q, err := cch.QueueDeclare("", false, true, false, false, nil)
+	if err != nil {
+		return 0, err
+	}
+	deliveries, err := cch.Consume(q.Name, "", true, false, false, false, nil)
+	if err != nil {
+		return 0, err
+	}
+	pch, err := pc.Channel()
+	if err != nil {
+		return 0, err
+	}
+	body := make([]byte, 16)
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		for i := 0; i < n; i++ {
+			if err := pch.Publish("", q.Name, false, false, amqp091.Publishing{Body: body}); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	for i := 0; i < n; i++ {
+		select {
+		case _, ok := <-deliveries:
+			if !ok {
+				return 0, fmt.Errorf("deliveries closed after %d", i)
+			}
+		case <-time.After(30 * time.Second):
+			return 0, fmt.Errorf("%d of %d delivered", i, n)
+		}
+	}
+	d := time.Since(start)
+	return d, <-errc
+}
