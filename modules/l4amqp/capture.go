@@ -22,7 +22,7 @@ import (
 // Capture is a capture's configuration: what POST /prelude/amqp/captures
 // takes and what a `capture` block in the amqp handler sets.
 type Capture struct {
-	Filter Filter `json:"filter,omitempty"`
+	Filter Filter `json:"filter,omitzero"`
 	// "ndjson" (default) or "pcapng".
 	Format string `json:"format,omitempty"`
 	File   string `json:"file"`
