@@ -416,7 +416,12 @@ func TestControlPlaneErrors(t *testing.T) {
 		want         int
 	}{
 		{http.MethodPost, "/prelude/amqp/sessions", http.StatusMethodNotAllowed},
-		{http.MethodGet, "/prelude/amqp/sessions/1", http.StatusMethodNotAllowed},
+		{http.MethodPut, "/prelude/amqp/sessions/1", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/prelude/amqp/sessions/999999", http.StatusNotFound},
+		{http.MethodPut, "/prelude/amqp/captures", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/prelude/amqp/captures/abc", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/prelude/amqp/trace", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/prelude/amqp/trace?session=x", http.StatusBadRequest},
 		{http.MethodDelete, "/prelude/amqp/sessions/999999", http.StatusNotFound},
 		{http.MethodDelete, "/prelude/amqp/sessions/abc", http.StatusNotFound},
 		{http.MethodGet, "/prelude/amqp/vhosts/%2F/pause", http.StatusMethodNotAllowed},
