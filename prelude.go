@@ -7,6 +7,7 @@
 package prelude
 
 import (
+	_ "github.com/caddyprelude/prelude/modules/amqpreplay"
 	_ "github.com/caddyprelude/prelude/modules/l4amqp"
 	_ "github.com/caddyprelude/prelude/modules/l4amqpstream"
 	_ "github.com/caddyprelude/prelude/modules/l4foo"

@@ -1,6 +1,7 @@
 package amqp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"reflect"
@@ -248,5 +249,25 @@ func BenchmarkTrack16(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		tr.Feed(pub)
+	}
+}
+
+// Every method of the real session re-encodes to its own bytes.
+func TestEncodeArgsRoundTrips(t *testing.T) {
+	for dir, b := range sessionStreams(t) {
+		d := &Decoder{Dir: dir, Emit: func(f *FrameInfo) {
+			if f.Type != FrameMethod {
+				return
+			}
+			c, m, args, err := DecodeArgs(f.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			enc, err := EncodeArgs(c, m, args)
+			if err != nil || !bytes.Equal(enc, f.Payload) {
+				t.Errorf("%s: re-encoded %x, want %x (%v)", FullMethodName(c, m), enc, f.Payload, err)
+			}
+		}}
+		d.Feed(b)
 	}
 }

@@ -45,6 +45,18 @@ func (t Table) Get(name string) (any, bool) {
 	return nil, false
 }
 
+// Set gives the first field called name the value v, or appends such a
+// field, and returns the table.
+func (t Table) Set(name string, v any) Table {
+	for i := range t {
+		if t[i].Name == name {
+			t[i].Value = v
+			return t
+		}
+	}
+	return append(t, Field{Name: name, Value: v})
+}
+
 // String returns the value of the string field called name, or "".
 func (t Table) String(name string) string {
 	v, _ := t.Get(name)

@@ -180,7 +180,6 @@ var _ caddyfile.Unmarshaler = (*Handler)(nil)
 
 func unmarshalCapture(d *caddyfile.Dispenser) (Capture, error) {
 	var c Capture
-	c.Body = -1
 	if d.NextArg() {
 		return c, d.ArgErr()
 	}
@@ -196,9 +195,11 @@ func unmarshalCapture(d *caddyfile.Dispenser) (Capture, error) {
 		case "body":
 			var s string
 			if err = cfutil.OneArg(d, &s); err == nil {
-				if c.Body, err = ParseBodyPolicy(s); err != nil {
+				var b BodyPolicy
+				if b, err = ParseBodyPolicy(s); err != nil {
 					err = d.Errf("capture: %v", err)
 				}
+				c.Body = &b
 			}
 		case "max_bytes":
 			var s string

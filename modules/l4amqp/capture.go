@@ -28,7 +28,7 @@ type Capture struct {
 	File   string `json:"file"`
 	// Body bytes kept per body frame: "none", "full" or a byte count.
 	// Default "full".
-	Body BodyPolicy `json:"body,omitempty"`
+	Body *BodyPolicy `json:"body,omitempty"`
 	// Limits: the capture stops when it has written MaxBytes or lasted
 	// Duration, and selects at most MaxSessions sessions (0: no limit).
 	MaxBytes    int64          `json:"max_bytes,omitempty"`
@@ -92,6 +92,10 @@ func (c *Capture) validate() error {
 	}
 	if c.File == "" {
 		return errors.New("file: a path to write the capture to is required")
+	}
+	if c.Body == nil {
+		full := BodyPolicy(-1)
+		c.Body = &full
 	}
 	if c.MaxBytes < 0 || c.MaxSessions < 0 || c.Duration < 0 {
 		return errors.New("max_bytes, max_sessions and duration must not be negative")
@@ -161,7 +165,7 @@ func StartCapture(c Capture, source string, appendTo bool) (string, error) {
 			return "", fmt.Errorf("file: %v", err)
 		}
 	}
-	fc.tap = tap{id: newID(), filter: c.Filter, body: int(c.Body), sink: fc, maxSessions: c.MaxSessions}
+	fc.tap = tap{id: newID(), filter: c.Filter, body: int(*c.Body), sink: fc, maxSessions: c.MaxSessions}
 	fc.tap.failed = func(err error) { fc.stop("failed", err.Error()) }
 	capturesMu.Lock()
 	captures[fc.id] = fc

@@ -21,6 +21,9 @@ import (
 //	 "body_size": n, "body": base64, "body_kept": n     body frames
 //	 "offset": n, "error": "..."}                       malformed frames
 //
+// Method and header lines also carry "raw": the frame's payload, base64,
+// exactly as relayed (Start-Ok and Update-Secret with their secrets
+// replaced), which is what amqp-replay re-sends.
 // Arguments and properties keep wire order; byte strings are base64;
 // timestamps are Unix seconds.
 
@@ -83,6 +86,7 @@ func appendFrameLine(dst []byte, m *sessionMeta, f *amqp.FrameInfo, now time.Tim
 		dst = append(dst, `"method"`...)
 		dst = appendKey(dst, "method")
 		dst = strconv.AppendQuote(dst, amqp.FullMethodName(f.Class, f.Method))
+		dst = appendRaw(dst, f.Payload)
 		dst = appendKey(dst, "args")
 		if _, _, args, err := amqp.DecodeArgs(f.Payload); err == nil {
 			dst = appendTable(dst, args)
@@ -93,6 +97,7 @@ func appendFrameLine(dst []byte, m *sessionMeta, f *amqp.FrameInfo, now time.Tim
 		}
 	case f.Type == amqp.FrameHeader:
 		dst = append(dst, `"header"`...)
+		dst = appendRaw(dst, f.Payload)
 		class, size, props, err := amqp.ParseContentHeader(f.Payload)
 		dst = appendKey(dst, "class")
 		dst = strconv.AppendQuote(dst, className(class))
@@ -122,6 +127,13 @@ func appendFrameLine(dst []byte, m *sessionMeta, f *amqp.FrameInfo, now time.Tim
 		dst = append(dst, `"heartbeat"`...)
 	}
 	return append(dst, "}\n"...)
+}
+
+func appendRaw(dst, payload []byte) []byte {
+	dst = appendKey(dst, "raw")
+	dst = append(dst, '"')
+	dst = base64.StdEncoding.AppendEncode(dst, payload)
+	return append(dst, '"')
 }
 
 func className(class uint16) string {

@@ -143,7 +143,7 @@ func (s *session) replayedStartOk() *amqp.StartOk {
 		}
 		props = append(props, f)
 	}
-	caps = setField(append(amqp.Table(nil), caps...), "authentication_failure_close", true)
+	caps = append(amqp.Table(nil), caps...).Set("authentication_failure_close", true)
 	props = append(props,
 		amqp.Field{Name: "capabilities", Value: caps},
 		amqp.Field{Name: propClientAddress, Value: remoteString(s.remote)},
@@ -160,16 +160,6 @@ const (
 	propProxy         = "proxy"          // product and version of the proxy
 	propProxyAddress  = "proxy_address"  // the proxy listener the client reached
 )
-
-func setField(t amqp.Table, name string, v any) amqp.Table {
-	for i := range t {
-		if t[i].Name == name {
-			t[i].Value = v
-			return t
-		}
-	}
-	return append(t, amqp.Field{Name: name, Value: v})
-}
 
 // probeBroker is the farms' active health check: a member is healthy when
 // it answers the protocol header with Connection.Start (spec 4.2.2).
