@@ -67,6 +67,7 @@ fuzz:
 	done
 	$(GO) test -run '^$$' -fuzz '^FuzzGreetingAndCommands$$' -fuzztime $(FUZZTIME) ./zmtp/
 	$(GO) test -run '^$$' -fuzz '^FuzzDelivery$$' -fuzztime $(FUZZTIME) ./amqp/stream/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadNDJSON$$' -fuzztime $(FUZZTIME) ./amqp/replay/
 
 clean:
 	rm -f caddy
