@@ -440,3 +440,77 @@ func TestTraceStreamsAndDropsForASlowReader(t *testing.T) {
 		t.Errorf("every publish was traced although the reader was slow")
 	}
 }
+
+// pikaSession declares a queue, publishes with confirms, gets, acks and
+// closes, through Debian's pika.
+const pikaSession = `
+import sys, pika
+params = pika.URLParameters(sys.argv[1])
+params.client_properties = {"connection_name": "pika-capture"}
+conn = pika.BlockingConnection(params)
+ch = conn.channel()
+ch.confirm_delivery()
+q = ch.queue_declare(queue="", exclusive=True).method.queue
+ch.basic_publish(exchange="", routing_key=q, body=b"from pika")
+method, props, body = ch.basic_get(q)
+assert body == b"from pika", body
+ch.basic_ack(method.delivery_tag)
+conn.close()
+`
+
+func runPika(t *testing.T, url string) {
+	t.Helper()
+	const python = "/usr/bin/python3" // Debian's, with python3-pika
+	if err := exec.Command(python, "-c", "import pika").Run(); err != nil {
+		if e2e.CI() {
+			t.Fatalf("python3-pika is required: %v", err)
+		}
+		t.Skipf("python3-pika missing: %v", err)
+	}
+	if out, err := exec.Command(python, "-c", pikaSession, url).CombinedOutput(); err != nil {
+		t.Fatalf("pika: %v\n%s", err, out)
+	}
+}
+
+// A capture started by the Caddyfile survives a reload (its sessions on
+// either side of it land in one file), and holds a pika session's methods.
+func TestCaptureFromConfigSurvivesReload(t *testing.T) {
+	e2e.RequireRabbit(t)
+	addr := e2e.FreePort(t)
+	file := filepath.Join(t.TempDir(), "config.ndjson")
+	h := handler(vhosts([]string{e2e.RabbitAddr}, "/"))
+	h["captures"] = []any{map[string]any{"file": file, "filter": map[string]any{"connection_name": "pika-*"}}}
+	c := e2e.StartCaddy(t, e2e.Layer4(addr, route(h)))
+	c.NoLeak(e2e.TestPassword)
+	runPika(t, e2e.URL(addr, "/"))
+	h["handshake_timeout"] = "9s" // a different config, the same capture
+	c.Reload(t, e2e.Layer4(addr, route(h)))
+	runPika(t, e2e.URL(addr, "/"))
+	var list []l4amqp.CaptureInfo
+	_, body := c.Get(t, "/prelude/amqp/captures")
+	mustOK(t, json.Unmarshal([]byte(body), &list))
+	var info *l4amqp.CaptureInfo
+	for i := range list {
+		if list[i].Capture.File == file {
+			info = &list[i]
+		}
+	}
+	if info == nil || info.State != "running" || info.Source != "config" || info.Sessions != 2 {
+		t.Fatalf("captures after the reload: %s", body)
+	}
+	waitFor(t, "the sessions' close lines", func() bool {
+		raw, _ := os.ReadFile(file) // flushed every second
+		return bytes.Count(raw, []byte(`"event":"close"`)) == 2
+	})
+	raw, err := os.ReadFile(file)
+	mustOK(t, err)
+	client := methods(readLines(t, raw), "client")
+	for m, n := range map[string]int{"confirm.select": 2, "queue.declare": 2, "basic.publish": 2, "basic.get": 2, "basic.ack": 2, "connection.close": 2} {
+		if count(client, m) != n {
+			t.Errorf("pika %s: %d, want %d\n%s", m, count(client, m), n, raw)
+		}
+	}
+	if bytes.Contains(raw, []byte(e2e.TestPassword)) {
+		t.Fatal("the capture holds the password")
+	}
+}
