@@ -31,6 +31,7 @@ test: test-deps check
 # A 56 MB git clone takes seconds and a Foo round up to 1 000 000 requests, so those run fewer times.
 BENCH = $(GO) test -run '^$$' -timeout 30m ./bench/
 BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput|PublishThroughput' -benchtime 20x -count 3
+BENCH_SMALL = -bench 'SmallMessages' -benchtime 10x -count 3
 BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
@@ -39,17 +40,21 @@ PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset 
 export PRELUDE_BENCH_HAPROXY ?= $(shell PATH="$$PATH:/usr/sbin" command -v haproxy 2>/dev/null)
 bench: test-deps build
 	@echo "== HAProxy as a reference path: $(if $(PRELUDE_BENCH_HAPROXY),$(PRELUDE_BENCH_HAPROXY),not installed (apt-get install haproxy to add it))"
+	@echo "== the AMQP session decoder and statistics alone, per 16-byte publish"
+	$(GO) test -run '^$$' -bench 'Observe16|Track16' -count 3 ./amqp/
 	@echo "== the Foo analyser alone, per message"
 	$(GO) test -run '^$$' -bench Analyze -count 3 ./foo/
 	@echo "== the relay's copy against splice(2), bulk and round trips"
 	$(GO) test -run '^$$' -bench 'Copy|RoundTrip' -count 3 ./modules/relay/
 	@echo "== in process, all CPUs shared"
 	$(BENCH) $(BENCH_AMQP)
+	$(BENCH) $(BENCH_SMALL)
 	$(BENCH) $(BENCH_GIT)
 	$(BENCH) $(BENCH_CURVE)
 	$(BENCH) $(BENCH_TUNNEL)
 	@echo "== ./caddy as its own process on CPU 1; clients and servers on CPU 0"
 	$(PINNED) $(BENCH) $(BENCH_AMQP)
+	$(PINNED) $(BENCH) $(BENCH_SMALL)
 	$(PINNED) $(BENCH) $(BENCH_GIT)
 	$(PINNED) $(BENCH) $(BENCH_CURVE)
 	$(PINNED) $(BENCH) $(BENCH_TUNNEL)
