@@ -15,11 +15,16 @@ import (
 type Trace struct {
 	tap
 	lines   chan []byte
+	queued  atomic.Int64 // bytes of the lines in the queue
 	dropped atomic.Uint64
 }
 
-// traceQueue is how many lines a trace holds for its reader.
-const traceQueue = 4096
+// A trace holds at most traceQueue lines and traceQueueBytes bytes for its
+// reader (bodies make lines large).
+const (
+	traceQueue      = 4096
+	traceQueueBytes = 16 << 20
+)
 
 // StartTrace starts a trace of the sessions routed from now on and of the
 // live ones that decode their frames (all, unless stats are off). body is
@@ -36,8 +41,11 @@ func StartTrace(f Filter, body BodyPolicy) (*Trace, error) {
 	return t, nil
 }
 
-// Lines is the queue of lines to read.
+// Lines is the queue of lines to read; the reader calls Took for each.
 func (t *Trace) Lines() <-chan []byte { return t.lines }
+
+// Took tells the trace a line was taken off its queue.
+func (t *Trace) Took(line []byte) { t.queued.Add(-int64(len(line))) }
 
 // TakeDropped returns the lines dropped since the last call.
 func (t *Trace) TakeDropped() uint64 { return t.dropped.Swap(0) }
@@ -46,9 +54,15 @@ func (t *Trace) TakeDropped() uint64 { return t.dropped.Swap(0) }
 func (t *Trace) Stop() { stopTap(&t.tap) }
 
 func (t *Trace) send(line []byte) {
+	if t.queued.Add(int64(len(line))) > traceQueueBytes {
+		t.queued.Add(-int64(len(line)))
+		t.dropped.Add(1)
+		return
+	}
 	select {
 	case t.lines <- line:
 	default:
+		t.queued.Add(-int64(len(line)))
 		t.dropped.Add(1)
 	}
 }

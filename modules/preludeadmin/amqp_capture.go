@@ -79,10 +79,12 @@ func trace(w http.ResponseWriter, r *http.Request) error {
 		case <-r.Context().Done():
 			return nil
 		case line := <-t.Lines():
+			t.Took(line)
 			batch.Write(line)
 			for more := true; more && batch.Len() < 64<<10; {
 				select {
 				case l := <-t.Lines():
+					t.Took(l)
 					batch.Write(l)
 				default:
 					more = false
