@@ -142,54 +142,5 @@ func smallPingPong(url, name string, n int) (time.Duration, error) {
 // oneToOne returns the time n 16-byte messages took from a publisher
 // connection to a consumer connection (auto-ack, prefetch unlimited).
 func oneToOne(url, name string, n int) (time.Duration, error) {
-	cc, err := dialNamed(url, name)
-	if err != nil {
-		return 0, err
-	}
-	defer cc.Close()
-	pc, err := dialNamed(url, name)
-	if err != nil {
-		return 0, err
-	}
-	defer pc.Close()
-	cch, err := cc.Channel()
-	if err != nil {
-		return 0, err
-	}
-	q, err := cch.QueueDeclare("", false, true, false, false, nil)
-	if err != nil {
-		return 0, err
-	}
-	deliveries, err := cch.Consume(q.Name, "", true, false, false, false, nil)
-	if err != nil {
-		return 0, err
-	}
-	pch, err := pc.Channel()
-	if err != nil {
-		return 0, err
-	}
-	body := make([]byte, 16)
-	start := time.Now()
-	errc := make(chan error, 1)
-	go func() {
-		for i := 0; i < n; i++ {
-			if err := pch.Publish("", q.Name, false, false, amqp091.Publishing{Body: body}); err != nil {
-				errc <- err
-				return
-			}
-		}
-		errc <- nil
-	}()
-	for i := 0; i < n; i++ {
-		select {
-		case _, ok := <-deliveries:
-			if !ok {
-				return 0, fmt.Errorf("deliveries closed after %d", i)
-			}
-		case <-time.After(30 * time.Second):
-			return 0, fmt.Errorf("%d of %d delivered", i, n)
-		}
-	}
-	d := time.Since(start)
-	return d, <-errc
+	return oneToOneSized(url, name, n, 16)
 }
