@@ -80,6 +80,7 @@ type channelSide struct {
 // dirState is what one direction's goroutine alone touches.
 type dirState struct {
 	channels map[uint16]*Channel // cache of Observer.channels
+	last     *Channel            // the channel of the last frame: most frames follow one on theirs
 }
 
 // Observer turns the frames of both directions of a session into
@@ -256,7 +257,11 @@ func add(a, b *atomic.Uint64, n uint64) {
 
 // channel returns the live channel id, creating it on first sight.
 func (o *Observer) channel(d *dirState, id uint16) *Channel {
+	if ch := d.last; ch != nil && ch.ID == id && !ch.closed.Load() {
+		return ch
+	}
 	if ch := d.channels[id]; ch != nil && !ch.closed.Load() {
+		d.last = ch
 		return ch
 	}
 	o.mu.Lock()
@@ -267,6 +272,7 @@ func (o *Observer) channel(d *dirState, id uint16) *Channel {
 	}
 	o.mu.Unlock()
 	d.channels[id] = ch
+	d.last = ch
 	return ch
 }
 
@@ -279,6 +285,7 @@ func (o *Observer) drop(d *dirState, id uint16) {
 	}
 	o.mu.Unlock()
 	delete(d.channels, id)
+	d.last = nil
 	// The other direction's cache notices closed on its next frame there.
 }
 
