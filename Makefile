@@ -31,7 +31,7 @@ test: test-deps check
 # A 56 MB git clone takes seconds and a Foo round up to 1 000 000 requests, so those run fewer times.
 BENCH = $(GO) test -run '^$$' -timeout 30m ./bench/
 BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput|PublishThroughput' -benchtime 20x -count 3
-BENCH_SMALL = -bench 'SmallMessages' -benchtime 10x -count 3
+BENCH_SMALL = -bench 'SmallMessages|CaptureVsFirehose|CaptureLargeBodies' -benchtime 10x -count 3
 BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
