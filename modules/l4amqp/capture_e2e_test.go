@@ -17,6 +17,7 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/internal/e2e"
 	"github.com/caddyprelude/prelude/modules/l4amqp"
 )
@@ -512,5 +513,106 @@ func TestCaptureFromConfigSurvivesReload(t *testing.T) {
 	}
 	if bytes.Contains(raw, []byte(e2e.TestPassword)) {
 		t.Fatal("the capture holds the password")
+	}
+}
+
+// A malformed frame inside a live session is relayed (RabbitMQ judges it:
+// Close 501) and captured as malformed with its offset.
+func TestCaptureRecordsAMalformedFrame(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "/")))
+	file := filepath.Join(t.TempDir(), "malformed.ndjson")
+	id := startCapture(t, c, fmt.Sprintf(`{"file": %q, "filter": {"vhost": "/"}}`, file))
+	conn := rawClient(t, addr)
+	_, _ = conn.Write(amqp.Header091)
+	readMethod(t, conn) // Start
+	send(t, conn, plainStartOk())
+	readMethod(t, conn) // Tune
+	send(t, conn, &amqp.TuneOk{ChannelMax: 16, FrameMax: 131072})
+	send(t, conn, &amqp.Open{VirtualHost: "/"})
+	if _, ok := readMethod(t, conn).(*amqp.OpenOk); !ok {
+		t.Fatal("no Open-Ok")
+	}
+	heartbeat := amqp.AppendFrame(nil, amqp.Frame{Type: amqp.FrameHeartbeat})
+	bad := amqp.AppendFrame(nil, amqp.Frame{Type: amqp.FrameMethod, Channel: 1, Payload: []byte{0, 20, 0, 10, 0}})
+	bad[len(bad)-1] = 0x00 // the frame-end octet
+	_, _ = conn.Write(append(heartbeat, bad...))
+	expectClose(t, conn, amqp.ReplyFrameError, "")
+	waitFor(t, "the session to end", func() bool { _, still := sessionOf(t, c, conn.LocalAddr()); return !still })
+	mustDo(t, c, http.MethodDelete, "/prelude/amqp/captures/"+id, http.StatusOK)
+	raw, err := os.ReadFile(file)
+	mustOK(t, err)
+	var malformed []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	for sc.Scan() {
+		var m map[string]any
+		mustOK(t, json.Unmarshal(sc.Bytes(), &m))
+		if m["type"] == "malformed" {
+			malformed = append(malformed, m)
+		}
+	}
+	if len(malformed) != 1 || malformed[0]["offset"] != float64(len(heartbeat)) || malformed[0]["dir"] != "client" ||
+		!strings.Contains(fmt.Sprint(malformed[0]["error"]), "frame-end") {
+		t.Fatalf("malformed lines %v\n%s", malformed, raw)
+	}
+}
+
+// A capture whose writes fail (a full disk: /dev/full) stops itself,
+// says why in the API, the log and an event, and the session goes on.
+func TestFailingCaptureLeavesSessionsAlone(t *testing.T) {
+	e2e.RequireRabbit(t)
+	addr := e2e.FreePort(t)
+	h := handler(vhosts([]string{e2e.RabbitAddr}, "/"))
+	h["captures"] = []any{map[string]any{"file": "/dev/full"}}
+	c := e2e.StartCaddy(t, e2e.Layer4(addr, route(h)))
+	c.NoLeak(e2e.TestPassword)
+	conn := dial(t, e2e.URL(addr, "/"))
+	roundTrip(t, conn, 200) // more than a second, and more than the 64 KiB write buffer
+	var list []l4amqp.CaptureInfo
+	waitFor(t, "the capture to fail", func() bool {
+		_, body := c.Get(t, "/prelude/amqp/captures")
+		mustOK(t, json.Unmarshal([]byte(body), &list))
+		return len(list) == 1 && list[0].State == "failed"
+	})
+	if !strings.Contains(list[0].Reason, "no space left on device") {
+		t.Errorf("reason %q", list[0].Reason)
+	}
+	roundTrip(t, conn, 20) // the session is unaffected
+	if !strings.Contains(c.Logs(), "amqp capture stopped") {
+		t.Error("no log line for the failed capture")
+	}
+}
+
+// A trace goes on across a config reload.
+func TestTraceSurvivesReload(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "/")))
+	resp, err := http.Get("http://" + c.Admin + "/prelude/amqp/trace?connection_name=reload-trace")
+	mustOK(t, err)
+	defer resp.Body.Close()
+	h := handler(vhosts([]string{e2e.RabbitAddr}, "/"))
+	h["handshake_timeout"] = "9s"
+	c.Reload(t, e2e.Layer4(addr, route(h)))
+	conn, err := amqp091.DialConfig(e2e.URL(addr, "/"), amqp091.Config{Properties: amqp091.Table{"connection_name": "reload-trace"}})
+	mustOK(t, err)
+	roundTrip(t, conn, 3)
+	mustOK(t, conn.Close())
+	sc := bufio.NewScanner(resp.Body)
+	deadline := time.AfterFunc(10*time.Second, func() { _ = resp.Body.Close() })
+	defer deadline.Stop()
+	publishes := 0
+	for sc.Scan() {
+		if bytes.Contains(sc.Bytes(), []byte(e2e.TestPassword)) {
+			t.Fatal("the trace shows the password")
+		}
+		var l line
+		mustOK(t, json.Unmarshal(sc.Bytes(), &l))
+		if l.Method == "basic.publish" {
+			publishes++
+		}
+		if l.Event == "close" {
+			break
+		}
+	}
+	if publishes != 3 {
+		t.Fatalf("the trace showed %d publishes after the reload, want 3", publishes)
 	}
 }
