@@ -34,6 +34,7 @@ func init() {
 	fs.String("session", "", "comma-separated session ids to replay (default: all)")
 	fs.Duration("wait", 10*time.Second, "how long to wait for each reply or delivery")
 	fs.String("ca", "", "PEM file of the CA that signs an amqps target's certificate")
+	fs.String("tls-server-name", "", "name to verify an amqps target's certificate against (default: the URL's host)")
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "amqp-replay",
 		Usage: "--target <amqp-url> [--speed <n>] [--session <ids>] [--user <u>] [--password <p>] <capture-file>",
@@ -61,7 +62,7 @@ func run(fl caddycmd.Flags) (int, error) {
 	if file == "" || fl.NArg() > 1 {
 		return 2, errors.New("give exactly one capture file")
 	}
-	target, err := parseTarget(fl.String("target"), fl.String("user"), fl.String("password"), fl.String("ca"))
+	target, err := parseTarget(fl.String("target"), fl.String("user"), fl.String("password"), fl.String("ca"), fl.String("tls-server-name"))
 	if err != nil {
 		return 2, err
 	}
@@ -153,7 +154,7 @@ func parseIDs(s string) ([]uint64, error) {
 
 // parseTarget reads the target URL. Errors never quote the URL: it may
 // hold a password.
-func parseTarget(raw, user, password, caFile string) (replay.Target, error) {
+func parseTarget(raw, user, password, caFile, serverName string) (replay.Target, error) {
 	var t replay.Target
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
@@ -187,6 +188,9 @@ func parseTarget(raw, user, password, caFile string) (replay.Target, error) {
 	var cfg *tls.Config
 	if u.Scheme == "amqps" {
 		cfg = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
+		if serverName != "" {
+			cfg.ServerName = serverName
+		}
 		if caFile != "" {
 			pem, err := os.ReadFile(caFile)
 			if err != nil {

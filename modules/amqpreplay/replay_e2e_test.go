@@ -232,3 +232,60 @@ func TestReplayBadCaptures(t *testing.T) {
 		}
 	}
 }
+
+// --session picks sessions; --speed 1 keeps the captured pace, 0 does
+// not wait; an amqps target is reached through TLS with --ca.
+func TestReplaySessionsSpeedAndTLS(t *testing.T) {
+	bin := e2e.BuildCaddy(t, "../..")
+	const pause = 800 * time.Millisecond
+	ndjson, _ := captureSession(t, "full", func(url string) {
+		for i := range 2 {
+			conn := dialNamed(t, url)
+			ch, err := conn.Channel()
+			must(t, err)
+			q, err := ch.QueueDeclare("", false, true, true, false, nil)
+			must(t, err)
+			if i == 1 {
+				time.Sleep(pause)
+			}
+			must(t, ch.Publish("", q.Name, false, false, amqp091.Publishing{Body: []byte("paced")}))
+			must(t, conn.Close())
+		}
+	})
+	target := "amqp://" + e2e.TestUser + "@" + e2e.RabbitAddr + "/"
+	out, code := replayCmd(t, bin, "--target", target, ndjson)
+	if code != 0 || strings.Count(out, "the broker answered as captured") != 2 {
+		t.Fatalf("all sessions: exit %d\n%s", code, out)
+	}
+	var ids []string
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "session" {
+			ids = append(ids, f[1])
+		}
+	}
+	start := time.Now()
+	out, code = replayCmd(t, bin, "--target", target, "--session", ids[1], ndjson)
+	fast := time.Since(start)
+	if code != 0 || strings.Count(out, "session ") != 1 || !strings.Contains(out, "session "+ids[1]+" ") {
+		t.Fatalf("--session %s: exit %d\n%s", ids[1], code, out)
+	}
+	start = time.Now()
+	out, code = replayCmd(t, bin, "--target", target, "--session", ids[1], "--speed", "1", ndjson)
+	paced := time.Since(start)
+	if code != 0 || paced < pause || fast >= pause {
+		t.Fatalf("--speed 1 took %v, --speed 0 %v (the capture paused %v): exit %d\n%s", paced, fast, pause, code, out)
+	}
+	if out, code := replayCmd(t, bin, "--target", target, "--session", "999999", ndjson); code != 2 || !strings.Contains(out, "no session 999999") {
+		t.Errorf("an unknown session: exit %d\n%s", code, out)
+	}
+
+	ca := e2e.NewTestCA(t)
+	tlsAddr := e2e.StartTLSRelay(t, ca, e2e.RabbitAddr)
+	tlsTarget := "amqps://" + e2e.TestUser + "@" + tlsAddr + "/"
+	if out, code := replayCmd(t, bin, "--target", tlsTarget, "--ca", ca.CAFile, "--tls-server-name", "broker.test", ndjson); code != 0 {
+		t.Errorf("amqps: exit %d\n%s", code, out)
+	}
+	if out, code := replayCmd(t, bin, "--target", tlsTarget, "--tls-server-name", "broker.test", ndjson); code != 2 || !strings.Contains(out, "certificate") {
+		t.Errorf("amqps with an unknown CA: exit %d\n%s", code, out)
+	}
+}
