@@ -34,6 +34,7 @@ type line struct {
 	Props    map[string]any `json:"properties"`
 	BodySize uint64         `json:"body_size"`
 	Body     string         `json:"body"`
+	Raw      []byte         `json:"raw"`
 	Lines    uint64         `json:"lines"`
 	User     string         `json:"user"`
 	VHost    string         `json:"vhost"`
@@ -614,5 +615,44 @@ func TestTraceSurvivesReload(t *testing.T) {
 	}
 	if publishes != 3 {
 		t.Fatalf("the trace showed %d publishes after the reload, want 3", publishes)
+	}
+}
+
+// Connection.Update-Secret's new secret never reaches a capture or a trace.
+func TestUpdateSecretIsRedacted(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "/")))
+	const secret = "N3w-s3cret-d4e1"
+	c.NoLeak(secret)
+	file := filepath.Join(t.TempDir(), "secret.ndjson")
+	id := startCapture(t, c, fmt.Sprintf(`{"file": %q, "filter": {"connection_name": "update-secret"}}`, file))
+	resp, err := http.Get("http://" + c.Admin + "/prelude/amqp/trace?connection_name=update-secret")
+	mustOK(t, err)
+	defer resp.Body.Close()
+	conn, err := amqp091.DialConfig(e2e.URL(addr, "/"), amqp091.Config{Properties: amqp091.Table{"connection_name": "update-secret"}})
+	mustOK(t, err)
+	err = conn.UpdateSecret(secret, "rotation")
+	t.Logf("the broker answered update-secret with %v", err)
+	_ = conn.Close()
+	waitFor(t, "the session to end", func() bool { _, still := sessionOf(t, c, conn.LocalAddr()); return !still })
+	mustDo(t, c, http.MethodDelete, "/prelude/amqp/captures/"+id, http.StatusOK)
+	raw, err := os.ReadFile(file)
+	mustOK(t, err)
+	var seen bool
+	for _, l := range readLines(t, raw) {
+		if l.Method == "connection.update-secret" {
+			seen = true
+			if l.Args["new-secret"] != "[redacted new secret]" || l.Args["reason"] != "rotation" || bytes.Contains(l.Raw, []byte(secret)) {
+				t.Errorf("update-secret args %v, raw %q", l.Args, l.Raw)
+			}
+		}
+	}
+	if !seen || bytes.Contains(raw, []byte(secret)) {
+		t.Fatalf("update-secret captured %v; the capture holds the secret: %v\n%s", seen, bytes.Contains(raw, []byte(secret)), raw)
+	}
+	deadline := time.AfterFunc(2*time.Second, func() { _ = resp.Body.Close() })
+	defer deadline.Stop()
+	traced, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if !bytes.Contains(traced, []byte("connection.update-secret")) || bytes.Contains(traced, []byte(secret)) {
+		t.Fatalf("trace: %s", traced)
 	}
 }
