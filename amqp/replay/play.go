@@ -94,11 +94,15 @@ func (p *player) method(i int, f *Frame) bool {
 	case class == amqp.ClassChannel && method == amqp.MethodChannelOpen:
 		delete(p.closed, f.Channel)
 		delete(p.replayedTags, f.Channel)
+		delete(p.replayedReplyTo, f.Channel)
 	case class == amqp.ClassBasic && (method == amqp.MethodBasicAck || method == amqp.MethodBasicNack || method == amqp.MethodBasicReject):
 		if !p.mapDeliveryTag(f.Channel, args) {
 			p.r.Skipped++
 			return true
 		}
+	}
+	if class == amqp.ClassBasic && method == amqp.MethodBasicPublish {
+		p.mapReplyTo(f.Channel, args)
 	}
 	p.mapNames(args)
 	payload, err := amqp.EncodeArgs(class, method, args)
@@ -210,6 +214,32 @@ func (p *player) mapDeliveryTag(ch uint16, args amqp.Table) bool {
 	return true
 }
 
+// mapReplyTo turns a reply published to a captured direct reply-to name
+// into one to the name the broker gave the same request in the replay,
+// waiting for that request's delivery.
+func (p *player) mapReplyTo(ch uint16, args amqp.Table) {
+	rk := args.String("routing-key")
+	ref, ok := p.capturedReplyTo[rk]
+	if !ok || args.String("exchange") != "" {
+		return
+	}
+	p.waitFor(func() bool { return len(p.replayedReplyTo[ref.ch]) > ref.n || p.gone })
+	if len(p.replayedReplyTo[ref.ch]) <= ref.n || p.replayedReplyTo[ref.ch][ref.n] == "" {
+		p.r.differ("channel %d: the reply to %s has no request delivered in the replay to answer", ch, rk)
+		return
+	}
+	args.Set("routing-key", p.replayedReplyTo[ref.ch][ref.n])
+}
+
+// replyTo reads the reply-to property of a content header payload.
+func replyTo(payload []byte) string {
+	_, _, props, err := amqp.ParseContentHeader(payload)
+	if err != nil {
+		return ""
+	}
+	return props.String("reply-to")
+}
+
 // awaitDeliveries waits, before the client closes, for the deliveries the
 // capture had on each channel.
 func (p *player) awaitDeliveries() {
@@ -264,6 +294,10 @@ func (p *player) handle(ev event) {
 	}
 	f := ev.f
 	observe(p.replayed, amqp.FromBroker, f.Channel, f.Type, f.Payload)
+	if f.Type == amqp.FrameHeader && p.headerOf[f.Channel] {
+		delete(p.headerOf, f.Channel)
+		p.replayedReplyTo[f.Channel] = append(p.replayedReplyTo[f.Channel], replyTo(f.Payload))
+	}
 	if f.Type != amqp.FrameMethod {
 		return
 	}
@@ -284,6 +318,7 @@ func (p *player) handle(ev event) {
 		}
 	case isDelivery(f.Payload):
 		p.replayedTags[f.Channel] = append(p.replayedTags[f.Channel], deliveryTag(f.Payload))
+		p.headerOf[f.Channel] = true
 		if method == amqp.MethodBasicGetOk {
 			p.replies[f.Channel] = append(p.replies[f.Channel], f)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/caddyprelude/prelude/amqp"
@@ -44,8 +45,9 @@ func (r *Report) differ(format string, args ...any) {
 // Replay plays s's client side against t and compares the broker's
 // answers with the captured ones: each synchronous reply (method, and the
 // reply code of a Close), and per channel the messages delivered,
-// confirmed and returned. Server-named queues, consumer tags and delivery
-// tags are mapped from the captured values to the new ones. It returns an
+// confirmed and returned. Server-named queues, consumer tags, delivery tags
+// and direct reply-to names are mapped from the captured values to the new
+// ones. It returns an
 // error only when the replay could not run (no connection); every
 // difference, refusals included, is in the report.
 func Replay(ctx context.Context, s *Session, t Target, o Options) (*Report, error) {
@@ -101,14 +103,33 @@ type player struct {
 	replies      map[uint16][]amqp.Frame
 	// The broker's captured Channel.Closes, by channel and description.
 	capturedCloses map[uint16]map[string]bool
+	// Direct reply-to: the broker names each requester's reply address
+	// (amq.rabbitmq.reply-to.…) in the reply-to property of the request it
+	// delivers; a responder publishes its reply to that name. Captured
+	// names map to the delivery that carried them, and replayed deliveries'
+	// names are kept by channel and delivery index.
+	capturedReplyTo map[string]deliveryRef
+	replayedReplyTo map[uint16][]string
+	headerOf        map[uint16]bool // a delivery's content header is due on the channel
 }
+
+// deliveryRef is the n-th delivery on a channel.
+type deliveryRef struct {
+	ch uint16
+	n  int
+}
+
+// directReplyTo is the prefix of the names RabbitMQ gives requesters.
+const directReplyTo = "amq.rabbitmq.reply-to."
 
 func newPlayer(s *Session, conn net.Conn, r *Report, o Options) *player {
 	p := &player{s: s, conn: conn, r: r, o: o, events: make(chan event, 1024),
 		captured: amqp.NewObserver(nil), replayed: amqp.NewObserver(nil),
 		queues: map[string]string{}, consumers: map[string]string{},
 		capturedTags: map[uint16]map[uint64]int{}, replayedTags: map[uint16][]uint64{},
-		closed: map[uint16]bool{}, replies: map[uint16][]amqp.Frame{}, capturedCloses: map[uint16]map[string]bool{}}
+		closed: map[uint16]bool{}, replies: map[uint16][]amqp.Frame{}, capturedCloses: map[uint16]map[string]bool{},
+		capturedReplyTo: map[string]deliveryRef{}, replayedReplyTo: map[uint16][]string{}, headerOf: map[uint16]bool{}}
+	pendingHeader := map[uint16]bool{}
 	p.replayDec = amqp.Decoder{Dir: amqp.FromBroker, Emit: p.replayed.Observe}
 	for i := range s.Frames {
 		f := &s.Frames[i]
@@ -126,6 +147,17 @@ func newPlayer(s *Session, conn net.Conn, r *Report, o Options) *player {
 				p.capturedTags[f.Channel] = m
 			}
 			m[tag] = len(m)
+			pendingHeader[f.Channel] = true
+		}
+		if f.Dir == amqp.FromBroker && f.Type == amqp.FrameHeader && pendingHeader[f.Channel] {
+			delete(pendingHeader, f.Channel)
+			// A requester's name is the same in all its requests: the first
+			// delivery that carried it says which replayed name it is.
+			if r := replyTo(f.Payload); strings.HasPrefix(r, directReplyTo) {
+				if _, seen := p.capturedReplyTo[r]; !seen {
+					p.capturedReplyTo[r] = deliveryRef{ch: f.Channel, n: len(p.capturedTags[f.Channel]) - 1}
+				}
+			}
 		}
 	}
 	return p

@@ -44,7 +44,8 @@ Reads a capture the amqp handler wrote (NDJSON or pcapng), replays the client
 side of each selected session against the target broker and compares the
 broker's answers with the captured ones: every synchronous reply (with the
 reply code of a Close) and the messages delivered, confirmed and returned.
-Server-named queues, consumer tags and delivery tags are mapped to the new ones.
+Server-named queues, consumer tags, delivery tags and direct reply-to names
+(amq.rabbitmq.reply-to.…) are mapped to the new ones.
 
 Captures hold no credentials: give them in the target URL, with --user and
 --password, or in $AMQP_REPLAY_USER and $AMQP_REPLAY_PASSWORD. In a pcapng

@@ -289,3 +289,40 @@ func TestReplaySessionsSpeedAndTLS(t *testing.T) {
 		t.Errorf("amqps with an unknown CA: exit %d\n%s", code, out)
 	}
 }
+
+// Direct reply-to: a responder's reply goes to the name the broker gave
+// the request in the replay, not the captured one.
+func TestReplayMapsDirectReplyTo(t *testing.T) {
+	bin := e2e.BuildCaddy(t, "../..")
+	ndjson, _ := captureSession(t, "full", func(url string) {
+		conn := dialNamed(t, url)
+		defer conn.Close()
+		requester, err := conn.Channel()
+		must(t, err)
+		responder, err := conn.Channel()
+		must(t, err)
+		q, err := responder.QueueDeclare("", false, true, true, false, nil)
+		must(t, err)
+		requests, err := responder.Consume(q.Name, "", true, false, false, false, nil)
+		must(t, err)
+		replies, err := requester.Consume("amq.rabbitmq.reply-to", "", true, false, false, false, nil)
+		must(t, err)
+		for i := range 2 {
+			must(t, requester.Publish("", q.Name, false, false, amqp091.Publishing{ReplyTo: "amq.rabbitmq.reply-to", Body: []byte(fmt.Sprint("request ", i))}))
+			req := <-requests
+			must(t, responder.Publish("", req.ReplyTo, false, false, amqp091.Publishing{Body: []byte("reply to " + string(req.Body))}))
+			select {
+			case r := <-replies:
+				if string(r.Body) != fmt.Sprint("reply to request ", i) {
+					t.Fatalf("reply %q", r.Body)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no reply")
+			}
+		}
+	})
+	out, code := replayCmd(t, bin, "--target", "amqp://"+e2e.TestUser+"@"+e2e.RabbitAddr+"/", ndjson)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+}
