@@ -40,6 +40,7 @@ import (
 //		}
 //		pause_timeout <duration>
 //		stats on|off
+//		stats_objects <max names>
 //		capture {
 //			file <path>
 //			format ndjson|pcapng
@@ -98,6 +99,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := cfutil.OneArg(d, &h.Stats); err != nil {
 				return err
 			}
+		case "stats_objects":
+			n, err := uintArg(d, 31)
+			if err != nil {
+				return err
+			}
+			h.StatsObjects = int(n)
 		case "capture":
 			c, err := unmarshalCapture(d)
 			if err != nil {

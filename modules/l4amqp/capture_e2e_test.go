@@ -656,3 +656,54 @@ func TestUpdateSecretIsRedacted(t *testing.T) {
 		t.Fatalf("trace: %s", traced)
 	}
 }
+
+// stats_objects counts per exchange and per queue, within its limit.
+func TestStatsPerExchangeAndQueue(t *testing.T) {
+	h := handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostA))
+	h["stats_objects"] = 1000
+	c, addr := startProxy(t, h)
+	before := amqpStats(t, c)
+	conn := dial(t, e2e.URL(addr, e2e.VhostA))
+	ch, err := conn.Channel()
+	mustOK(t, err)
+	const x, q = "prelude.objects.x", "prelude.objects.q"
+	mustOK(t, ch.ExchangeDeclare(x, "direct", false, true, false, false, nil))
+	_, err = ch.QueueDeclare(q, false, false, true, false, nil) // exclusive: gone with the connection
+	mustOK(t, err)
+	mustOK(t, ch.QueueBind(q, "k", x, false, nil))
+	mustOK(t, ch.Confirm(false))
+	returns := ch.NotifyReturn(make(chan amqp091.Return, 1))
+	for i := range 5 {
+		dc, err := ch.PublishWithDeferredConfirm(x, "k", false, false, amqp091.Publishing{Body: make([]byte, 10+i)})
+		mustOK(t, err)
+		dc.Wait()
+	}
+	mustOK(t, ch.Publish(x, "nowhere", true, false, amqp091.Publishing{Body: []byte("lost")}))
+	<-returns
+	deliveries, err := ch.Consume(q, "objects-consumer", true, false, false, false, nil)
+	mustOK(t, err)
+	for range 5 {
+		<-deliveries
+	}
+	mustOK(t, ch.Cancel("objects-consumer", false))
+	dc, err := ch.PublishWithDeferredConfirm(x, "k", false, false, amqp091.Publishing{Body: make([]byte, 20)})
+	mustOK(t, err)
+	dc.Wait()
+	waitFor(t, "basic.get to find the message", func() bool {
+		_, ok, err := ch.Get(q, true)
+		mustOK(t, err)
+		return ok
+	})
+	after := amqpStats(t, c)
+	dx := after.Exchanges[x].Messages - before.Exchanges[x].Messages
+	dxb := after.Exchanges[x].Bytes - before.Exchanges[x].Bytes
+	dr := after.Exchanges[x].Returned - before.Exchanges[x].Returned
+	dq := after.Queues[q].Messages - before.Queues[q].Messages
+	dqb := after.Queues[q].Bytes - before.Queues[q].Bytes
+	if dx != 7 || dxb != 10+11+12+13+14+4+20 || dr != 1 || dq != 6 || dqb != 10+11+12+13+14+20 {
+		t.Fatalf("exchange %d msgs %d bytes %d returned; queue %d msgs %d bytes\n%+v\n%+v", dx, dxb, dr, dq, dqb, after.Exchanges, after.Queues)
+	}
+	if m := c.Metrics(t); !strings.Contains(m, `caddy_layer4_amqp_queue_messages_total{queue="`+q+`"}`) {
+		t.Error("no queue metric")
+	}
+}

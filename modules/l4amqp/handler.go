@@ -61,6 +61,10 @@ type Handler struct {
 	// time) off: sessions nothing captures or traces are then not decoded.
 	// Default "on".
 	Stats string `json:"stats,omitempty"`
+	// With statistics on, count messages per exchange and per queue too,
+	// for at most this many names of each (process-wide; later names count
+	// under "(other)"). Default 0: off.
+	StatsObjects int `json:"stats_objects,omitempty"`
 	// Captures that run while this config is loaded, from its start. A
 	// reload that keeps one (same file) keeps it running; the file is
 	// appended to.
@@ -158,6 +162,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Stats != "" && h.Stats != "on" && h.Stats != "off" {
 		return fmt.Errorf(`stats: %q is not "on" or "off"`, h.Stats)
+	}
+	if h.StatsObjects < 0 {
+		return fmt.Errorf("stats_objects: %d is negative", h.StatsObjects)
+	}
+	for limit := objectLimit.Load(); int64(h.StatsObjects) > limit; limit = objectLimit.Load() {
+		if objectLimit.CompareAndSwap(limit, int64(h.StatsObjects)) {
+			break
+		}
 	}
 	if err := h.startCaptures(); err != nil {
 		return err

@@ -62,6 +62,7 @@ func (s *sessionMessages) add(m sessionMessages) {
 // the relay pays no metric update per message.
 type messageCollector struct {
 	messages, bytes, opened, closed, blocked *prometheus.Desc
+	exchange, exchangeBytes, queue, queueBytes *prometheus.Desc
 }
 
 func newMessageCollector() *messageCollector {
@@ -78,11 +79,19 @@ func newMessageCollector() *messageCollector {
 			"AMQP Channel.Close methods (either side), by route and reply code.", []string{"route", "code"}, nil),
 		blocked: prometheus.NewDesc(name("blocked_seconds_total"),
 			"Time AMQP sessions spent blocked by the broker (Connection.Blocked), by route.", []string{"route"}, nil),
+		exchange: prometheus.NewDesc(name("exchange_messages_total"),
+			"AMQP messages by exchange (with stats_objects) and kind: published, returned.", []string{"exchange", "kind"}, nil),
+		exchangeBytes: prometheus.NewDesc(name("exchange_body_bytes_total"),
+			"AMQP message body bytes published, by exchange (with stats_objects).", []string{"exchange"}, nil),
+		queue: prometheus.NewDesc(name("queue_messages_total"),
+			"AMQP messages delivered (to consumers and Basic.Get), by queue (with stats_objects).", []string{"queue"}, nil),
+		queueBytes: prometheus.NewDesc(name("queue_body_bytes_total"),
+			"AMQP message body bytes delivered, by queue (with stats_objects).", []string{"queue"}, nil),
 	}
 }
 
 func (c *messageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.messages, c.bytes, c.opened, c.closed, c.blocked} {
+	for _, d := range []*prometheus.Desc{c.messages, c.bytes, c.opened, c.closed, c.blocked, c.exchange, c.exchangeBytes, c.queue, c.queueBytes} {
 		ch <- d
 	}
 }
@@ -107,6 +116,19 @@ func (c *messageCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for route, m := range byRoute {
 		c.collectRoute(ch, route, m)
+	}
+	objs := Objects()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for name, o := range objs.Exchanges {
+		counter(c.exchange, o.Messages, name, "published")
+		counter(c.exchange, o.Returned, name, "returned")
+		counter(c.exchangeBytes, o.Bytes, name)
+	}
+	for name, o := range objs.Queues {
+		counter(c.queue, o.Messages, name)
+		counter(c.queueBytes, o.Bytes, name)
 	}
 }
 

@@ -309,7 +309,7 @@ func (s *session) routeAndRelay() string {
 	}}
 	addSession(l)
 	defer removeSession(l.info.ID)
-	l.watch = newWatch(s.meta(l, lease.Conn.RemoteAddr(), openOk), s.h.statsOn())
+	l.watch = newWatch(s.meta(l, lease.Conn.RemoteAddr(), openOk), s.h.statsOn(), s.h.StatsObjects > 0)
 	if l.watch != nil {
 		addWatch(l.watch)
 		defer removeWatch(l.watch)

@@ -49,6 +49,9 @@ type Stats struct {
 	VHosts    map[string]*Counters `json:"vhosts"`
 	Upstreams map[string]*Counters `json:"upstreams"`
 	Sources   map[string]*Counters `json:"sources"` // by client IP
+	// With stats_objects: per exchange and per queue.
+	Exchanges map[string]ObjectCounts `json:"exchanges,omitempty"`
+	Queues    map[string]ObjectCounts `json:"queues,omitempty"`
 }
 
 // Reasons for refusals and closes.
@@ -161,6 +164,8 @@ func StatsSnapshot() Stats {
 	for k, v := range stats.Sources {
 		out.Sources[k] = cp(v)
 	}
+	objs := Objects()
+	out.Exchanges, out.Queues = objs.Exchanges, objs.Queues
 	for _, m := range live {
 		out.Overall.addMessages(m.msgs)
 		for _, c := range []*Counters{out.VHosts[m.vhost], out.Upstreams[m.upstream], out.Sources[m.source]} {

@@ -31,12 +31,14 @@ type sessionMeta struct {
 type watch struct {
 	meta *sessionMeta
 	obs  *amqp.Observer // nil with stats off
+	objs *objectTracker // nil unless the handler counts per exchange and queue
 	dec  [2]amqp.Decoder
 	taps atomic.Pointer[[]*tapSession]
 }
 
 // newWatch returns the session's watch, or nil when nothing looks at it.
-func newWatch(meta *sessionMeta, stats bool) *watch {
+// objects (with stats) also counts per exchange and queue.
+func newWatch(meta *sessionMeta, stats, objects bool) *watch {
 	taps := selectTaps(meta)
 	if !stats && len(taps) == 0 {
 		return nil
@@ -44,6 +46,9 @@ func newWatch(meta *sessionMeta, stats bool) *watch {
 	w := &watch{meta: meta}
 	if stats {
 		w.obs = amqp.NewObserver(nil)
+	}
+	if stats && objects {
+		w.objs = newObjectTracker()
 	}
 	keep := 0
 	for _, t := range taps {
@@ -70,6 +75,9 @@ func (w *watch) fromBroker(b []byte) { w.dec[amqp.FromBroker].Feed(b) }
 func (w *watch) emit(f *amqp.FrameInfo) {
 	if w.obs != nil {
 		w.obs.Observe(f)
+	}
+	if w.objs != nil {
+		w.objs.frame(f)
 	}
 	if taps := *w.taps.Load(); len(taps) > 0 {
 		now := time.Now()
