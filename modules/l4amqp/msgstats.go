@@ -61,7 +61,7 @@ func (s *sessionMessages) add(m sessionMessages) {
 // sessions' totals plus the live sessions' counts at scrape time, so that
 // the relay pays no metric update per message.
 type messageCollector struct {
-	messages, bytes, opened, closed, blocked *prometheus.Desc
+	messages, bytes, opened, closed, blocked   *prometheus.Desc
 	exchange, exchangeBytes, queue, queueBytes *prometheus.Desc
 }
 
