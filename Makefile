@@ -32,6 +32,9 @@ test: test-deps check
 BENCH = $(GO) test -run '^$$' -timeout 30m ./bench/
 BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput|PublishThroughput' -benchtime 20x -count 3
 BENCH_SMALL = -bench 'SmallMessages|CaptureVsFirehose|CaptureLargeBodies' -benchtime 10x -count 3
+# Statistics on against off (and, with PRELUDE_BENCH_BASELINE_CADDY=<a caddy
+# built from an earlier commit>, against that build), A-B-B-A per iteration.
+BENCH_STATS = -bench 'StatsCost' -benchtime 30x -count 3
 BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
@@ -49,12 +52,14 @@ bench: test-deps build
 	@echo "== in process, all CPUs shared"
 	$(BENCH) $(BENCH_AMQP)
 	$(BENCH) $(BENCH_SMALL)
+	$(BENCH) $(BENCH_STATS)
 	$(BENCH) $(BENCH_GIT)
 	$(BENCH) $(BENCH_CURVE)
 	$(BENCH) $(BENCH_TUNNEL)
 	@echo "== ./caddy as its own process on CPU 1; clients and servers on CPU 0"
 	$(PINNED) $(BENCH) $(BENCH_AMQP)
 	$(PINNED) $(BENCH) $(BENCH_SMALL)
+	$(PINNED) $(BENCH) $(BENCH_STATS)
 	$(PINNED) $(BENCH) $(BENCH_GIT)
 	$(PINNED) $(BENCH) $(BENCH_CURVE)
 	$(PINNED) $(BENCH) $(BENCH_TUNNEL)

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -154,4 +155,57 @@ func smallPingPong(url, name string, n int) (time.Duration, error) {
 // connection to a consumer connection (auto-ack, prefetch unlimited).
 func oneToOne(url, name string, n int) (time.Duration, error) {
 	return oneToOneSized(url, name, n, 16)
+}
+
+// BenchmarkStatsCost is BenchmarkSmallMessages for the two paths it
+// compares most closely, statistics on and off, alternated A-B-B-A within
+// each iteration so that drift cancels out: 16-byte round trips and 1p1c
+// rate, reported as the median of the iterations' on/off ratios. With
+// PRELUDE_BENCH_BASELINE_CADDY naming a Caddy built from an earlier commit
+// (run as its own process, on PRELUDE_BENCH_CADDY_CPUS), statistics on are
+// also compared with that build's amqp handler the same way.
+func BenchmarkStatsCost(b *testing.B) {
+	e2e.RequireRabbit(b)
+	addrs, _ := startSmallCaddy(b)
+	pairs := [][2]string{{"prelude", "prelude-nostats"}}
+	if bin := os.Getenv("PRELUDE_BENCH_BASELINE_CADDY"); bin != "" {
+		addrs["baseline"] = e2e.FreePort(b)
+		e2e.StartCaddyProcess(b, bin, os.Getenv("PRELUDE_BENCH_CADDY_CPUS"), e2e.Layer4(addrs["baseline"], map[string]any{
+			"match":  []any{map[string]any{"amqp": map[string]any{}}},
+			"handle": []any{map[string]any{"handler": "amqp", "default": map[string]any{"to": []string{e2e.RabbitAddr}}}},
+		}))
+		pairs = append(pairs, [2]string{"prelude", "baseline"})
+	}
+	const rtts, msgs = 200, 5000
+	rttRatio, rateRatio := map[string][]float64{}, map[string][]float64{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, pair := range pairs {
+			rtt, rate := map[string]float64{}, map[string]float64{}
+			for _, p := range []string{pair[0], pair[1], pair[1], pair[0]} {
+				url := e2e.URL(addrs[p], "/")
+				d, err := smallPingPong(url, p, rtts)
+				if err != nil {
+					b.Fatalf("%s ping-pong: %v", p, err)
+				}
+				rtt[p] += d.Seconds()
+				d, err = oneToOne(url, p, msgs)
+				if err != nil {
+					b.Fatalf("%s 1p1c: %v", p, err)
+				}
+				rate[p] += msgs / d.Seconds()
+			}
+			key := pair[0] + "/" + pair[1]
+			rttRatio[key] = append(rttRatio[key], rtt[pair[0]]/rtt[pair[1]])
+			rateRatio[key] = append(rateRatio[key], rate[pair[0]]/rate[pair[1]])
+		}
+	}
+	b.StopTimer()
+	names := map[string]string{"prelude/prelude-nostats": "stats-on/off", "prelude/baseline": "stats-on/baseline"}
+	for key, name := range names {
+		if len(rttRatio[key]) > 0 {
+			b.ReportMetric(median(rttRatio[key]), name+"-rtt")
+			b.ReportMetric(median(rateRatio[key]), name+"-rate")
+		}
+	}
 }
