@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,8 +50,9 @@ func startSmallCaddy(b *testing.B) (map[string]string, *e2e.Caddy) {
 
 // BenchmarkSmallMessages measures, on every path in turn in each
 // iteration: the round trip of a 16-byte message (publish, delivered to a
-// consumer on the same connection), and the delivered rate of 16-byte
-// messages from one publisher connection to one consumer connection, with
+// consumer on the same connection), the delivered rate of 16-byte messages
+// from one publisher connection to one consumer connection (1p1c) and from
+// two to two at the same time (2p2c, CPU not counted), with
 // the CPU per delivered message of everything this process and a separate
 // Caddy run (RabbitMQ excluded), and that less the direct path's: the
 // proxy's own. Rates and round trips are medians over the iterations.
@@ -58,7 +60,7 @@ func BenchmarkSmallMessages(b *testing.B) {
 	e2e.RequireRabbit(b)
 	addrs, caddy := startSmallCaddy(b)
 	const rtts, msgs = 200, 5000
-	rtt, rate, cpu := map[string][]float64{}, map[string][]float64{}, map[string]time.Duration{}
+	rtt, rate, rate2, cpu := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}, map[string]time.Duration{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, p := range smallPaths {
@@ -75,6 +77,10 @@ func BenchmarkSmallMessages(b *testing.B) {
 			}
 			rate[p] = append(rate[p], msgs/d.Seconds())
 			cpu[p] += totalCPU(caddy) - cpu0
+			if d, err = twoToTwo(url, p, msgs/2); err != nil {
+				b.Fatalf("%s 2p2c: %v", p, err)
+			}
+			rate2[p] = append(rate2[p], msgs/d.Seconds())
 		}
 	}
 	b.StopTimer()
@@ -82,6 +88,7 @@ func BenchmarkSmallMessages(b *testing.B) {
 	for _, p := range smallPaths {
 		b.ReportMetric(med(rtt, p), p+"-rtt-us")
 		b.ReportMetric(med(rate, p), p+"-msg/s")
+		b.ReportMetric(med(rate2, p), p+"-2p2c-msg/s")
 		perMsg := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N*msgs) / 1000 }
 		b.ReportMetric(perMsg(cpu[p]), p+"-cpu-us/msg")
 		if p != "direct" {
@@ -92,6 +99,7 @@ func BenchmarkSmallMessages(b *testing.B) {
 	// Ratios are medians of each iteration's ratio: the two paths ran one
 	// right after the other, so the machine's drift cancels out.
 	b.ReportMetric(pairedRatio(rate["prelude"], rate["prelude-nostats"]), "stats-on/off-rate")
+	b.ReportMetric(pairedRatio(rate2["prelude"], rate2["prelude-nostats"]), "stats-on/off-2p2c-rate")
 	b.ReportMetric(pairedRatio(rtt["prelude"], rtt["prelude-nostats"]), "stats-on/off-rtt")
 	b.ReportMetric(pairedRatio(rate["capture-ndjson"], rate["prelude"]), "ndjson/capture-off-rate")
 	b.ReportMetric(pairedRatio(rate["capture-pcapng"], rate["prelude"]), "pcapng/capture-off-rate")
@@ -155,6 +163,22 @@ func smallPingPong(url, name string, n int) (time.Duration, error) {
 // connection to a consumer connection (auto-ack, prefetch unlimited).
 func oneToOne(url, name string, n int) (time.Duration, error) {
 	return oneToOneSized(url, name, n, 16)
+}
+
+// twoToTwo returns the time it took two publisher-consumer pairs, each on
+// connections and a queue of its own, to move n 16-byte messages each at
+// the same time.
+func twoToTwo(url, name string, n int) (time.Duration, error) {
+	start := time.Now()
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := oneToOneSized(url, name, n, 16)
+			errs <- err
+		}()
+	}
+	err := errors.Join(<-errs, <-errs)
+	return time.Since(start), err
 }
 
 // BenchmarkStatsCost is BenchmarkSmallMessages for the two paths it
