@@ -369,7 +369,8 @@ const (
 	EventCaptureStopped = "amqp_capture_stopped"
 )
 
-// emitGlobal emits through the newest provisioned handler's events app.
+// emitGlobal emits through the events app of one of the current handlers
+// (captures belong to the process, not to a handler).
 func emitGlobal(name string, data map[string]any) {
 	handlersMu.Lock()
 	var h *Handler
