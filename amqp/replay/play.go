@@ -15,6 +15,7 @@ func (p *player) play() {
 		f := &p.s.Frames[i]
 		if f.Dir == amqp.FromBroker {
 			observe(p.captured, f.Dir, f.Channel, f.Type, f.Payload)
+			p.capturedSeen.add(f.Channel, f.Type, f.Payload)
 			continue
 		}
 		if handshake {
@@ -85,9 +86,12 @@ func (p *player) method(i int, f *Frame) bool {
 		return !p.gone
 	}
 	name := amqp.FullMethodName(class, method)
+	if f.Channel != 0 {
+		p.catchUp(f.Channel)
+	}
 	switch {
 	case class == amqp.ClassConnection && method == amqp.MethodClose:
-		p.awaitDeliveries()
+		p.catchUpAll()
 		p.write(amqp.Frame{Type: amqp.FrameMethod, Payload: f.Payload})
 		p.waitFor(func() bool { return p.gone })
 		return false
@@ -95,6 +99,9 @@ func (p *player) method(i int, f *Frame) bool {
 		delete(p.closed, f.Channel)
 		delete(p.replayedTags, f.Channel)
 		delete(p.replayedReplyTo, f.Channel)
+		delete(p.replayedSeen, f.Channel)
+		delete(p.capturedSeen, f.Channel)
+		delete(p.diverged, f.Channel)
 	case class == amqp.ClassBasic && (method == amqp.MethodBasicAck || method == amqp.MethodBasicNack || method == amqp.MethodBasicReject):
 		if !p.mapDeliveryTag(f.Channel, args) {
 			p.r.Skipped++
@@ -240,17 +247,69 @@ func replyTo(payload []byte) string {
 	return props.String("reply-to")
 }
 
-// awaitDeliveries waits, before the client closes, for the deliveries the
-// capture had on each channel.
-func (p *player) awaitDeliveries() {
-	p.waitFor(func() bool {
-		for ch, tags := range p.capturedTags {
-			if !p.closed[ch] && len(p.replayedTags[ch]) < len(tags) {
-				return p.gone
-			}
+// seen counts, per channel, what the broker sent on its own that a client
+// may be reacting to: deliveries, returns, and the highest publish
+// confirmed (a tag, since brokers group confirms differently run to run).
+type seen map[uint16]*seenOn
+
+type seenOn struct {
+	deliveries, returns int
+	confirmed           uint64
+}
+
+func (s seen) add(ch uint16, typ byte, payload []byte) {
+	if typ != amqp.FrameMethod {
+		return
+	}
+	on := s[ch]
+	if on == nil {
+		on = &seenOn{}
+		s[ch] = on
+	}
+	c, m := classMethod(payload)
+	switch {
+	case isDelivery(payload):
+		on.deliveries++
+	case c == amqp.ClassBasic && m == amqp.MethodBasicReturn:
+		on.returns++
+	case c == amqp.ClassBasic && (m == amqp.MethodBasicAck || m == amqp.MethodBasicNack):
+		if tag, _, ok := amqp.AckArgs(payload); ok && tag > on.confirmed {
+			on.confirmed = tag
 		}
+	}
+}
+
+// covers reports whether s has seen on ch all that o has.
+func (s seen) covers(o seen, ch uint16) bool {
+	want, got := o[ch], s[ch]
+	if want == nil {
 		return true
-	})
+	}
+	if got == nil {
+		got = &seenOn{}
+	}
+	return got.deliveries >= want.deliveries && got.returns >= want.returns && got.confirmed >= want.confirmed
+}
+
+// catchUp waits, before a client frame on ch, until the target has sent on
+// ch what the capture's broker had sent before it: the client may have
+// been answering it. A channel that does not catch up within Wait is not
+// waited for again (the totals will show the difference).
+func (p *player) catchUp(ch uint16) {
+	if p.diverged[ch] || p.closed[ch] {
+		return
+	}
+	p.waitFor(func() bool { return p.replayedSeen.covers(p.capturedSeen, ch) || p.gone || p.closed[ch] })
+	if !p.replayedSeen.covers(p.capturedSeen, ch) {
+		p.diverged[ch] = true
+	}
+}
+
+// catchUpAll catches up every channel, before the client closes.
+func (p *player) catchUpAll() {
+	for ch := range p.capturedSeen {
+		p.catchUp(ch)
+	}
 }
 
 // drain handles what the target sent so far, without waiting.
@@ -294,6 +353,7 @@ func (p *player) handle(ev event) {
 	}
 	f := ev.f
 	observe(p.replayed, amqp.FromBroker, f.Channel, f.Type, f.Payload)
+	p.replayedSeen.add(f.Channel, f.Type, f.Payload)
 	if f.Type == amqp.FrameHeader && p.headerOf[f.Channel] {
 		delete(p.headerOf, f.Channel)
 		p.replayedReplyTo[f.Channel] = append(p.replayedReplyTo[f.Channel], replyTo(f.Payload))

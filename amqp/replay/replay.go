@@ -111,6 +111,10 @@ type player struct {
 	capturedReplyTo map[string]deliveryRef
 	replayedReplyTo map[uint16][]string
 	headerOf        map[uint16]bool // a delivery's content header is due on the channel
+	// What the captured broker had sent so far, and the target: a client
+	// frame waits until the target has caught up (catchUp).
+	capturedSeen, replayedSeen seen
+	diverged                   map[uint16]bool
 }
 
 // deliveryRef is the n-th delivery on a channel.
@@ -128,7 +132,8 @@ func newPlayer(s *Session, conn net.Conn, r *Report, o Options) *player {
 		queues: map[string]string{}, consumers: map[string]string{},
 		capturedTags: map[uint16]map[uint64]int{}, replayedTags: map[uint16][]uint64{},
 		closed: map[uint16]bool{}, replies: map[uint16][]amqp.Frame{}, capturedCloses: map[uint16]map[string]bool{},
-		capturedReplyTo: map[string]deliveryRef{}, replayedReplyTo: map[uint16][]string{}, headerOf: map[uint16]bool{}}
+		capturedReplyTo: map[string]deliveryRef{}, replayedReplyTo: map[uint16][]string{}, headerOf: map[uint16]bool{},
+		capturedSeen: seen{}, replayedSeen: seen{}, diverged: map[uint16]bool{}}
 	pendingHeader := map[uint16]bool{}
 	p.replayDec = amqp.Decoder{Dir: amqp.FromBroker, Emit: p.replayed.Observe}
 	for i := range s.Frames {
