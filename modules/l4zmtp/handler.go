@@ -295,8 +295,8 @@ var (
 // pool (waiting up to pair_timeout), feeds each side the rest of the
 // other's greeting so that both complete their own handshake, and relays.
 func (h *Handler) pairWithParked(cx *layer4.Connection, greeting []byte, g zmtp.Greeting, meta metadata) error {
+	start := time.Now() // before the deadline starts: a timed-out hold counts the whole pair_timeout
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.PairTimeout))
-	start := time.Now()
 	w, err := h.pool.take(ctx, g.Mechanism, h.stickyKey(cx, meta))
 	cancel()
 	holdTime.Observe(time.Since(start).Seconds())
