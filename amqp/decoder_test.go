@@ -180,9 +180,12 @@ func publishFrames(ch uint16, size int) []byte {
 
 func TestObserverCountsARealSession(t *testing.T) {
 	o := NewObserver(nil)
-	for dir, b := range sessionStreams(t) {
+	s := sessionStreams(t)
+	// Client side first: its Channel.Opens come before the broker's
+	// Close-Oks that drop the channels (a map's order is random).
+	for _, dir := range []Dir{FromClient, FromBroker} {
 		d := &Decoder{Dir: dir, Emit: o.Observe}
-		d.Feed(b)
+		d.Feed(s[dir])
 	}
 	got := o.Total.Read()
 	want := Counts{Published: 5, PublishedBytes: 3 + 3 + 5 + 4 + 16, Delivered: 4, DeliveredBytes: 3 + 3 + 5 + 16,
