@@ -158,7 +158,7 @@ func TestDecoderDoesNotAllocate(t *testing.T) {
 	}
 	o := NewObserver(nil)
 	dec := map[Dir]*Decoder{}
-	for dir := range s {
+	for _, dir := range []Dir{FromClient, FromBroker} {
 		dec[dir] = &Decoder{Dir: dir, Emit: o.Observe}
 		dec[dir].Feed(s[dir])
 	}
