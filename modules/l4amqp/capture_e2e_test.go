@@ -707,3 +707,45 @@ func TestStatsPerExchangeAndQueue(t *testing.T) {
 		t.Error("no queue metric")
 	}
 }
+
+// The limits: max_sessions selects that many sessions, max_bytes and
+// duration stop the capture (state "limit", with the reason), and the
+// sessions go on.
+func TestCaptureLimits(t *testing.T) {
+	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, "/")))
+	dir := t.TempDir()
+	sessionsID := startCapture(t, c, fmt.Sprintf(`{"file": %q, "max_sessions": 1, "filter": {"connection_name": "limits"}}`, filepath.Join(dir, "s")))
+	bytesID := startCapture(t, c, fmt.Sprintf(`{"file": %q, "max_bytes": 2000, "filter": {"connection_name": "limits"}}`, filepath.Join(dir, "b")))
+	durationID := startCapture(t, c, fmt.Sprintf(`{"file": %q, "duration": "300ms", "filter": {"connection_name": "limits"}}`, filepath.Join(dir, "d")))
+	for range 2 {
+		conn, err := amqp091.DialConfig(e2e.URL(addr, "/"), amqp091.Config{Properties: amqp091.Table{"connection_name": "limits"}})
+		mustOK(t, err)
+		roundTrip(t, conn, 10)
+		mustOK(t, conn.Close())
+	}
+	time.Sleep(400 * time.Millisecond)
+	byID := map[string]l4amqp.CaptureInfo{}
+	_, body := c.Get(t, "/prelude/amqp/captures")
+	var list []l4amqp.CaptureInfo
+	mustOK(t, json.Unmarshal([]byte(body), &list))
+	for _, ci := range list {
+		byID[ci.ID] = ci
+	}
+	if s := byID[sessionsID]; s.Sessions != 1 || s.State != "running" {
+		t.Errorf("max_sessions 1: %+v", s)
+	}
+	if b := byID[bytesID]; b.State != "limit" || b.Reason != "max_bytes reached" || b.Bytes < 2000 || b.Bytes > 2000+64<<10 {
+		t.Errorf("max_bytes 2000: %+v", b)
+	}
+	if d := byID[durationID]; d.State != "limit" || d.Reason != "duration reached" {
+		t.Errorf("duration 300ms: %+v", d)
+	}
+	for _, id := range []string{sessionsID, bytesID, durationID} {
+		mustDo(t, c, http.MethodDelete, "/prelude/amqp/captures/"+id, http.StatusOK)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "s"))
+	mustOK(t, err)
+	if n := bytes.Count(raw, []byte(`"event":"open"`)); n != 1 {
+		t.Errorf("max_sessions 1 captured %d sessions", n)
+	}
+}
