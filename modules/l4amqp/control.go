@@ -40,9 +40,10 @@ type liveSession struct {
 	info     Session
 	client   net.Conn
 	upstream net.Conn
-	watch    *watch       // nil when nothing looks inside the session
-	sever    atomic.Int32 // 0, severNow or severGraceful: set once
-	why      atomic.Value // the Close reply text of a graceful sever
+	watch    *watch                       // nil when nothing looks inside the session
+	polled   atomic.Pointer[relay.Polled] // set while an event loop relays it
+	sever    atomic.Int32                 // 0, severNow or severGraceful: set once
+	why      atomic.Value                 // the Close reply text of a graceful sever
 }
 
 // Reply texts of graceful severs.
@@ -67,6 +68,10 @@ func (l *liveSession) stop(how int32, text string) {
 	if !l.sever.CompareAndSwap(0, how) {
 		return
 	}
+	if p := l.polled.Load(); p != nil {
+		l.stopPolled(p, how)
+		return
+	}
 	if how == severNow {
 		_ = l.client.Close()
 		_ = l.upstream.Close()
@@ -75,6 +80,25 @@ func (l *liveSession) stop(how int32, text string) {
 	now := time.Now()
 	_ = l.client.SetReadDeadline(now)
 	_ = l.upstream.SetReadDeadline(now)
+}
+
+// stopPolled severs a session an event loop relays: at once, or by taking
+// it out of the loop for relayPolled to finish at a frame boundary.
+func (l *liveSession) stopPolled(p *relay.Polled, how int32) {
+	if how == severNow {
+		p.Close()
+		return
+	}
+	p.Stop()
+}
+
+// bytes is what the kernel received from the client and sent to it so far.
+func (l *liveSession) bytes() (received, sent uint64) {
+	if p := l.polled.Load(); p != nil {
+		p.ClientSocket(func(fd int) { received, sent = tcpinfo.FDBytes(fd) })
+		return received, sent
+	}
+	return tcpinfo.Bytes(l.client)
 }
 
 var (
@@ -100,16 +124,16 @@ func removeSession(id uint64) {
 func Sessions(vhost string) []Session {
 	sessionsMu.Lock()
 	out := make([]Session, 0, len(sessions))
-	conns := make([]net.Conn, 0, len(sessions))
+	live := make([]*liveSession, 0, len(sessions))
 	for _, l := range sessions {
 		if vhost == "" || l.info.VHost == vhost {
 			out = append(out, l.info)
-			conns = append(conns, l.client)
+			live = append(live, l)
 		}
 	}
 	sessionsMu.Unlock()
 	for i := range out {
-		out[i].BytesIn, out[i].BytesOut = tcpinfo.Bytes(conns[i])
+		out[i].BytesIn, out[i].BytesOut = live[i].bytes()
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out

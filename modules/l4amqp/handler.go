@@ -69,6 +69,11 @@ type Handler struct {
 	// reload that keeps one (same file) keeps it running; the file is
 	// appended to.
 	Captures []Capture `json:"captures,omitempty"`
+	// How routed sessions are relayed: "loop" (the default) hands plain
+	// TCP sessions without a data rate to the process's event loops;
+	// "goroutines" copies every session with a goroutine per direction,
+	// as sessions with TLS or a data rate always are.
+	Relay string `json:"relay,omitempty"`
 
 	captureKeys []string
 	limits      *learnedLimits
@@ -163,6 +168,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Stats != "" && h.Stats != "on" && h.Stats != "off" {
 		return fmt.Errorf(`stats: %q is not "on" or "off"`, h.Stats)
 	}
+	if h.Relay != "" && h.Relay != relayLoop && h.Relay != relayGoroutines {
+		return fmt.Errorf("relay: %q is neither %q nor %q", h.Relay, relayLoop, relayGoroutines)
+	}
 	if h.StatsObjects < 0 {
 		return fmt.Errorf("stats_objects: %d is negative", h.StatsObjects)
 	}
@@ -217,6 +225,12 @@ func (h *Handler) Cleanup() error {
 }
 
 // statsOn reports whether sessions are decoded for statistics.
+// Values of Handler.Relay.
+const (
+	relayLoop       = "loop"
+	relayGoroutines = "goroutines"
+)
+
 func (h *Handler) statsOn() bool { return h.Stats != "off" }
 
 // route returns the farm for vhost, a stable label for metrics and the

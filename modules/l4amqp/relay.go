@@ -13,12 +13,13 @@ import (
 )
 
 // relaySession relays a routed session until both directions end or an
-// operator severs it. Client to broker is a plain copy (relay.CopyAdaptive,
-// or a throttled one with data_rate); broker to client follows frame
-// boundaries (amqp.FrameTracker) through the same adaptive buffers, so
-// a graceful sever stops between two frames and the client gets a
-// Connection.Close it can parse. It returns the bytes
-// each way and how the session ended.
+// operator severs it. Broker to client follows frame boundaries
+// (amqp.FrameTracker), so that a graceful sever stops between two frames
+// and the client gets a Connection.Close it can parse. Plain TCP sessions
+// without a data rate go to the process's event loops (relay.Poll);
+// others (TLS on either side, data_rate, relay "goroutines") are copied by
+// a goroutine per direction through the same adaptive buffers. It returns
+// the bytes each way and how the session ended.
 func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended string) {
 	defer relay.Track()()
 	client, upstream := s.cx.Conn, l.upstream
@@ -28,6 +29,13 @@ func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended
 		if err != nil {
 			_ = client.Close()
 			return in, 0, closeClientDropped
+		}
+	}
+	var tr amqp.FrameTracker
+	if rate <= 0 && s.h.Relay != relayGoroutines {
+		if p := relay.Poll(client, upstream, l.watch.clientSeen(), brokerSeen(&tr, l.watch)); p != nil {
+			k, out, ended := s.relayPolled(l, p, &tr)
+			return in + k, out, ended
 		}
 	}
 	var first atomic.Value // "client" or "broker": whose side ended first
@@ -41,8 +49,7 @@ func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended
 		first.CompareAndSwap(nil, "client")
 		l.afterCopy(upstream, client, err)
 	}()
-	var tr amqp.FrameTracker
-	out, err := copyFrames(client, upstream, &tr, l.watch)
+	out, err := relay.CopyAdaptive(client, upstream, brokerSeen(&tr, l.watch))
 	first.CompareAndSwap(nil, "broker")
 	if l.sever.Load() == severGraceful {
 		k, _ := finishFrame(client, upstream, &tr)
@@ -53,14 +60,7 @@ func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended
 	in += inN
 	switch {
 	case l.sever.Load() == severGraceful:
-		_ = upstream.Close()
-		// A Close after part of a frame would be garbage to the client: if
-		// the broker never completed the frame, the client only sees the
-		// connection close.
-		if tr.AtBoundary() {
-			s.sendClose(&amqp.Close{ReplyCode: amqp.ReplyConnectionForced, ReplyText: l.reason()})
-		}
-		_ = client.Close()
+		s.closeSevered(l, client, upstream, &tr)
 		return in, out, closeSevered
 	case l.sever.Load() == severNow:
 		return in, out, closeSevered
@@ -71,6 +71,62 @@ func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended
 	default:
 		return in, out, closeBrokerDropped
 	}
+}
+
+// relayPolled waits for a session on an event loop to end. A graceful
+// sever takes it out of the loop (Stop) and finishes it here, on the
+// sockets the loop hands back.
+func (s *session) relayPolled(l *liveSession, p *relay.Polled, tr *amqp.FrameTracker) (in, out int64, ended string) {
+	l.polled.Store(p)
+	if how := l.sever.Load(); how != 0 {
+		l.stopPolled(p, how) // severed before the store: stop saw no loop
+	}
+	r := p.Wait()
+	in, out = r.Up, r.Down
+	switch {
+	case errors.Is(r.Err, relay.ErrStopped):
+		k, m := s.finishStopped(l, p, tr)
+		return in + k, out + m, closeSevered
+	case l.sever.Load() == severNow:
+		return in, out, closeSevered
+	case tr.LastClose() != 0:
+		return in, out, closeClean
+	case r.ClientFirst:
+		return in, out, closeClientDropped
+	default:
+		return in, out, closeBrokerDropped
+	}
+}
+
+// finishStopped ends a gracefully severed session that its event loop
+// handed back: what the loop had read but not sent goes on, the frame the
+// broker was in the middle of is completed, then the client gets Close 320.
+func (s *session) finishStopped(l *liveSession, p *relay.Polled, tr *amqp.FrameTracker) (in, out int64) {
+	client, upstream, upPending, downPending, err := p.Detach()
+	if err != nil {
+		return 0, 0
+	}
+	w, _ := upstream.Write(upPending)
+	in += int64(w)
+	w, _ = client.Write(downPending)
+	out += int64(w)
+	k, _ := finishFrame(client, upstream, tr)
+	out += k
+	s.closeSevered(l, client, upstream, tr)
+	return in, out
+}
+
+// closeSevered ends a graceful sever: the broker's side closes, and the
+// client gets Close 320 unless the broker left it mid-frame.
+func (s *session) closeSevered(l *liveSession, client, upstream net.Conn, tr *amqp.FrameTracker) {
+	_ = upstream.Close()
+	// A Close after part of a frame would be garbage to the client: if
+	// the broker never completed the frame, the client only sees the
+	// connection close.
+	if tr.AtBoundary() {
+		s.sendCloseOn(client, &amqp.Close{ReplyCode: amqp.ReplyConnectionForced, ReplyText: l.reason()})
+	}
+	_ = client.Close()
 }
 
 // afterCopy ends one direction as relay's pipe does — at EOF half-close the
@@ -92,16 +148,16 @@ func (l *liveSession) afterCopy(dst, src net.Conn, err error) {
 	}
 }
 
-// copyFrames copies broker frames to the client, tracking boundaries and
-// feeding the session's watch (if any). It returns nil at the broker's EOF.
-func copyFrames(dst, src net.Conn, tr *amqp.FrameTracker, w *watch) (int64, error) {
+// brokerSeen is what the broker-to-client copy shows its bytes to: the
+// frame tracker, and the session's watch (if any).
+func brokerSeen(tr *amqp.FrameTracker, w *watch) func([]byte) {
 	if w == nil {
-		return relay.CopyAdaptive(dst, src, tr.Feed)
+		return tr.Feed
 	}
-	return relay.CopyAdaptive(dst, src, func(b []byte) {
+	return func(b []byte) {
 		tr.Feed(b)
 		w.fromBroker(b)
-	})
+	}
 }
 
 func eofIsNil(err error) error {

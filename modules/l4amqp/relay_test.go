@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddyprelude/prelude/amqp"
+	"github.com/caddyprelude/prelude/modules/relay"
 )
 
 // tcpPair returns two ends of a loopback TCP connection.
@@ -63,7 +64,7 @@ func TestCopyFramesExact(t *testing.T) {
 	got := make(chan []byte)
 	go func() { b, _ := io.ReadAll(clientR); got <- b }()
 	var tr amqp.FrameTracker
-	n, err := copyFrames(clientW, brokerR, &tr, nil)
+	n, err := relay.CopyAdaptive(clientW, brokerR, brokerSeen(&tr, nil))
 	_ = clientW.Close()
 	if err != nil || n != int64(len(stream)) {
 		t.Fatalf("copied %d of %d bytes: %v", n, len(stream), err)

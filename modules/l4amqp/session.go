@@ -110,7 +110,10 @@ func (s *session) fail(err error) string {
 
 // sendClose sends Close and waits briefly for the client's Close-Ok, so that
 // the client reads the Close before the socket goes away (spec 1.4.2.5).
-func (s *session) sendClose(c *amqp.Close) {
+func (s *session) sendClose(c *amqp.Close) { s.sendCloseOn(s.cx, c) }
+
+// sendCloseOn is sendClose on conn, the client's connection.
+func (s *session) sendCloseOn(conn net.Conn, c *amqp.Close) {
 	if len(c.ReplyText) > 255 {
 		c.ReplyText = c.ReplyText[:252] + "..."
 	}
@@ -118,12 +121,12 @@ func (s *session) sendClose(c *amqp.Close) {
 	if err != nil {
 		return
 	}
-	_ = s.cx.SetDeadline(time.Now().Add(time.Second))
-	if _, err := s.cx.Write(frame); err != nil {
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write(frame); err != nil {
 		return
 	}
 	for {
-		f, err := amqp.ReadFrame(s.cx, max(s.frameMax, amqp.FrameMinSize))
+		f, err := amqp.ReadFrame(conn, max(s.frameMax, amqp.FrameMinSize))
 		if err != nil {
 			return
 		}

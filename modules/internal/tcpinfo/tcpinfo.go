@@ -13,12 +13,16 @@ import (
 // (less retransmissions) — for a TLS connection, the encrypted bytes — or
 // zeros where TCP_INFO is not available.
 func Bytes(c net.Conn) (received, sent uint64) {
-	control(c, func(fd int) {
-		if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			received, sent = info.Bytes_received, info.Bytes_sent-info.Bytes_retrans
-		}
-	})
+	control(c, func(fd int) { received, sent = FDBytes(fd) })
 	return received, sent
+}
+
+// FDBytes is Bytes for the TCP socket fd.
+func FDBytes(fd int) (received, sent uint64) {
+	if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+		return info.Bytes_received, info.Bytes_sent - info.Bytes_retrans
+	}
+	return 0, 0
 }
 
 // Unsent returns how many bytes written to c's socket the peer has not
