@@ -40,6 +40,7 @@ import (
 //		}
 //		pause_timeout <duration>
 //		stats on|off
+//		relay loop|goroutines
 //		stats_objects <max names>
 //		capture {
 //			file <path>
@@ -97,6 +98,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "stats":
 			if err := cfutil.OneArg(d, &h.Stats); err != nil {
+				return err
+			}
+		case "relay":
+			if err := cfutil.OneArg(d, &h.Relay); err != nil {
 				return err
 			}
 		case "stats_objects":
