@@ -4,7 +4,7 @@
 GO ?= go
 export CI ?=
 
-.PHONY: all build run test test-deps check bench fuzz clean
+.PHONY: all build run test test-deps check bench bench-deps fuzz clean
 
 all: build
 
@@ -39,9 +39,17 @@ BENCH_GIT = -bench 'GitClone|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
-# HAProxy (TCP mode), when installed, is one more path in the Foo and ZMTP CURVE benchmarks.
+# HAProxy (TCP mode) is one more path in the small-message AMQP, Foo and ZMTP CURVE
+# benchmarks; bench-deps installs Debian's package when it is missing (and it can).
+# Expanded when a recipe runs, so after bench-deps.
 export PRELUDE_BENCH_HAPROXY ?= $(shell PATH="$$PATH:/usr/sbin" command -v haproxy 2>/dev/null)
-bench: test-deps build
+bench-deps:
+	@PATH="$$PATH:/usr/sbin" command -v haproxy >/dev/null 2>&1 || { \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+		echo "bench-deps: installing haproxy"; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends haproxy >/dev/null || \
+		echo "bench-deps: could not install haproxy: the benchmarks run without it"; }
+bench: test-deps bench-deps build
 	@echo "== HAProxy as a reference path: $(if $(PRELUDE_BENCH_HAPROXY),$(PRELUDE_BENCH_HAPROXY),not installed (apt-get install haproxy to add it))"
 	@echo "== the AMQP session decoder and statistics alone, per 16-byte publish"
 	$(GO) test -run '^$$' -bench 'Observe16|Track16' -count 3 ./amqp/

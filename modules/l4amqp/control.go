@@ -27,6 +27,9 @@ type Session struct {
 	// in = from the client, out = to the client (handshake included).
 	BytesIn  uint64 `json:"bytes_in"`
 	BytesOut uint64 `json:"bytes_out"`
+	// How the session is relayed: "loop" (an event loop) or "goroutines"
+	// (TLS, data_rate, relay goroutines, or still in its handshake).
+	Relay string `json:"relay"`
 }
 
 // Ways a session can be severed by an operator.
@@ -134,6 +137,10 @@ func Sessions(vhost string) []Session {
 	sessionsMu.Unlock()
 	for i := range out {
 		out[i].BytesIn, out[i].BytesOut = live[i].bytes()
+		out[i].Relay = relayGoroutines
+		if live[i].polled.Load() != nil {
+			out[i].Relay = relayLoop
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out

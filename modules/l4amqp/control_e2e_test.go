@@ -181,8 +181,12 @@ func TestSwitchVHostToAnotherFarm(t *testing.T) {
 
 // TestSeverMidPublish kills a session while its client publishes: the
 // client library's NotifyClose fires.
-func TestSeverMidPublish(t *testing.T) {
-	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
+func TestSeverMidPublish(t *testing.T) { eachRelay(t, testSeverMidPublish) }
+
+func testSeverMidPublish(t *testing.T, relay string) {
+	h := handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB))
+	h["relay"] = relay
+	c, addr := startProxy(t, h)
 	conn := dial(t, e2e.URL(addr, e2e.VhostB))
 	closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
 	ch, err := conn.Channel()
@@ -205,8 +209,8 @@ func TestSeverMidPublish(t *testing.T) {
 	defer close(stop)
 	time.Sleep(100 * time.Millisecond)
 	live := sessions(t, c, "?vhost="+e2e.VhostB)
-	if len(live) != 1 || live[0].BytesIn == 0 {
-		t.Fatalf("sessions: %+v", live)
+	if len(live) != 1 || live[0].BytesIn == 0 || live[0].Relay != relay {
+		t.Fatalf("sessions: %+v, want one relayed by %q", live, relay)
 	}
 	mustDo(t, c, http.MethodDelete, "/prelude/amqp/sessions/"+itoa(live[0].ID), http.StatusOK)
 	select {
@@ -231,8 +235,12 @@ func TestSeverMidPublish(t *testing.T) {
 // message is back in the queue afterwards (unacknowledged deliveries are
 // requeued). Where the stream stands at the sever is up to the broker's
 // timing, mid-frame in most runs; TestFinishFrame covers that case every time.
-func TestSeverMidDelivery(t *testing.T) {
-	c, addr := startProxy(t, handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)))
+func TestSeverMidDelivery(t *testing.T) { eachRelay(t, testSeverMidDelivery) }
+
+func testSeverMidDelivery(t *testing.T, relay string) {
+	h := handler(vhosts([]string{e2e.RabbitAddr}, e2e.VhostB))
+	h["relay"] = relay
+	c, addr := startProxy(t, h)
 	const queue, messages = "prelude-sever-delivery-test", 100
 	direct := dial(t, e2e.URL(e2e.RabbitAddr, e2e.VhostB))
 	dch, err := direct.Channel()
@@ -307,6 +315,14 @@ func TestSeverMidDelivery(t *testing.T) {
 		q, err := dch.QueueDeclarePassive(queue, false, false, false, false, nil)
 		return err == nil && q.Messages == messages
 	})
+}
+
+// eachRelay runs test once with each relay of plain TCP sessions: the
+// event loops (the default) and a goroutine per direction.
+func eachRelay(t *testing.T, test func(t *testing.T, relay string)) {
+	for _, relay := range []string{"loop", "goroutines"} {
+		t.Run(relay, func(t *testing.T) { test(t, relay) })
+	}
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }

@@ -337,3 +337,20 @@ func TestPlaceholders(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRelayOptionRefusesUnknownValues: relay is "loop" or "goroutines";
+// anything else fails provisioning with an error naming the field.
+func TestRelayOptionRefusesUnknownValues(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	for relay, ok := range map[string]bool{"": true, "loop": true, "goroutines": true, "epoll": false} {
+		h := &l4amqp.Handler{Relay: relay, Default: &farm.Farm{To: []string{e2e.RabbitAddr}}}
+		err := h.Provision(ctx)
+		if err == nil {
+			h.Cleanup()
+		}
+		if ok != (err == nil) || (err != nil && !strings.Contains(err.Error(), "relay")) {
+			t.Errorf("relay %q: %v", relay, err)
+		}
+	}
+}

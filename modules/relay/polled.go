@@ -41,7 +41,8 @@ var ErrStopped = errors.New("relay stopped")
 // is available; then the connections are closed and the relay owns
 // duplicates of their sockets. At a side's EOF the other is half-closed;
 // on an error both close. Bytes must not be pending on either connection
-// (write what layer4 prefetched first).
+// (write what layer4 prefetched first). The caller counts the session for
+// the drain on exit (Track), as for Relay.
 func Poll(client, upstream net.Conn, upSeen, downSeen func([]byte)) *Polled {
 	c, ok := client.(*net.TCPConn)
 	u, ok2 := upstream.(*net.TCPConn)
@@ -191,13 +192,16 @@ func (p *Polled) Detach() (client, upstream net.Conn, upPending, downPending []b
 	}
 	p.closed = true
 	client, err = fileConn(p.client.fd)
-	if err == nil {
-		upstream, err = fileConn(p.upstream.fd)
-		if err != nil {
-			_ = client.Close()
-		}
+	if err != nil {
+		_ = unix.Close(p.upstream.fd)
+		return nil, nil, nil, nil, err
 	}
-	return client, upstream, p.leftUp, p.leftDown, err
+	upstream, err = fileConn(p.upstream.fd)
+	if err != nil {
+		_ = client.Close()
+		return nil, nil, nil, nil, err
+	}
+	return client, upstream, p.leftUp, p.leftDown, nil
 }
 
 // fileConn turns a descriptor into a connection, which owns a duplicate:
