@@ -18,24 +18,30 @@ import (
 // and the client gets a Connection.Close it can parse. Plain TCP sessions
 // without a data rate go to the process's event loops (relay.Poll);
 // others (TLS on either side, data_rate, relay "goroutines") are copied by
-// a goroutine per direction through the same adaptive buffers. It returns
-// the bytes each way and how the session ended.
-func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended string) {
+// a goroutine per direction through the same adaptive buffers. Bytes the
+// handshake read past its last frame go first: the client's to the broker,
+// and after, the broker's after its Open-Ok, to the client. It returns the
+// bytes each way and how the session ended.
+func (s *session) relaySession(l *liveSession, rate int64, after []byte) (in, out int64, ended string) {
 	defer relay.Track()()
 	client, upstream := s.cx.Conn, l.upstream
-	if pending := relay.Prefetched(s.cx); len(pending) > 0 {
-		w, err := upstream.Write(pending)
-		in += int64(w)
-		if err != nil {
-			_ = client.Close()
-			return in, 0, closeClientDropped
-		}
-	}
 	var tr amqp.FrameTracker
+	pending := append(s.frames.Buffered(), relay.Prefetched(s.cx)...)
+	w, err := replayRead(upstream, pending, l.watch.clientSeen())
+	in += w
+	if err == nil {
+		w, err = replayRead(client, after, brokerSeen(&tr, l.watch))
+		out += w
+	}
+	if err != nil {
+		_ = client.Close()
+		_ = upstream.Close()
+		return in, out, closeClientDropped
+	}
 	if rate <= 0 && s.h.Relay != relayGoroutines {
 		if p := relay.Poll(client, upstream, l.watch.clientSeen(), brokerSeen(&tr, l.watch)); p != nil {
-			k, out, ended := s.relayPolled(l, p, &tr)
-			return in + k, out, ended
+			k, m, ended := s.relayPolled(l, p, &tr)
+			return in + k, out + m, ended
 		}
 	}
 	var first atomic.Value // "client" or "broker": whose side ended first
@@ -49,7 +55,8 @@ func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended
 		first.CompareAndSwap(nil, "client")
 		l.afterCopy(upstream, client, err)
 	}()
-	out, err := relay.CopyAdaptive(client, upstream, brokerSeen(&tr, l.watch))
+	down, err := relay.CopyAdaptive(client, upstream, brokerSeen(&tr, l.watch))
+	out += down
 	first.CompareAndSwap(nil, "broker")
 	if l.sever.Load() == severGraceful {
 		k, _ := finishFrame(client, upstream, &tr)
@@ -71,6 +78,19 @@ func (s *session) relaySession(l *liveSession, rate int64) (in, out int64, ended
 	default:
 		return in, out, closeBrokerDropped
 	}
+}
+
+// replayRead writes bytes the handshake read from one side to the other,
+// showing them to seen first as the relay would.
+func replayRead(dst net.Conn, b []byte, seen func([]byte)) (int64, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	if seen != nil {
+		seen(b)
+	}
+	n, err := dst.Write(b)
+	return int64(n), err
 }
 
 // relayPolled waits for a session on an event loop to end. A graceful

@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/relay"
 )
 
 type ctxT = context.Context
@@ -20,58 +21,72 @@ const brokerFrameMax = 1 << 20
 
 // replay plays the client's handshake to a broker member: header, Start-Ok
 // (with the proxy's client properties added), Tune-Ok and Open. It returns
-// the broker's Open-Ok frame, to be forwarded to the client verbatim.
+// the broker's Open-Ok frame, to be forwarded to the client verbatim, and
+// the bytes the broker sent after it that were read with it (they belong
+// to the relay).
+//
+// An early replay (g not nil) waits at g's gates for the client's Start-Ok
+// and for its Tune-Ok and Open.
 //
 // A broker Close at any step is answered with Close-Ok and returned through
 // farm.Final, so the client gets the broker's own code and text. Any other
 // failure (refused, reset, timeout, not AMQP) lets the farm try the next member.
-func (s *session) replay(ctx context.Context, m *farm.Member, conn net.Conn) ([]byte, error) {
+func (s *session) replay(ctx context.Context, m *farm.Member, conn net.Conn, g *gates) (openOk, after []byte, err error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
 
-	if _, err := conn.Write(amqp.Header091); err != nil {
-		return nil, err
+	rw := relay.RawIO(conn)
+	frames := amqp.NewFrameReader(rw)
+	if _, err := rw.Write(amqp.Header091); err != nil {
+		return nil, nil, err
 	}
-	if _, err := readBrokerMethod(conn, amqp.MethodStart); err != nil {
-		return nil, err
+	if _, err := readBrokerMethod(rw, frames, amqp.MethodStart); err != nil {
+		return nil, nil, err
+	}
+	if err := g.wait(ctx, startOkGate); err != nil {
+		return nil, nil, err
 	}
 	startOk, err := amqp.AppendMethodFrame(nil, 0, s.replayedStartOk())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if _, err := conn.Write(startOk); err != nil {
-		return nil, err
+	if _, err := rw.Write(startOk); err != nil {
+		return nil, nil, err
 	}
-	tm, err := readBrokerMethod(conn, amqp.MethodTune)
+	tm, err := readBrokerMethod(rw, frames, amqp.MethodTune)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tune := *tm.(*amqp.Tune)
 	s.h.limits.learn(m.Addr, tune)
+	if err := g.wait(ctx, openGate); err != nil {
+		return nil, nil, err
+	}
 	if err := s.fitsBroker(m.Addr, tune); err != nil {
-		return nil, farm.Final(err)
+		return nil, nil, farm.Final(err)
 	}
 	out, _ := amqp.AppendMethodFrame(nil, 0, s.tuneOk)
 	out, _ = amqp.AppendMethodFrame(out, 0, s.open)
-	if _, err := conn.Write(out); err != nil {
-		return nil, err
+	if _, err := rw.Write(out); err != nil {
+		return nil, nil, err
 	}
-	openOk, err := readBrokerMethod(conn, amqp.MethodOpenOk)
+	ok, err := readBrokerMethod(rw, frames, amqp.MethodOpenOk)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return amqp.AppendMethodFrame(nil, 0, openOk)
+	openOk, err = amqp.AppendMethodFrame(nil, 0, ok)
+	return openOk, frames.Buffered(), err
 }
 
-// readBrokerMethod reads the broker's next connection method, which must be
-// want or Close. A Close is acknowledged and comes back as a final error.
-func readBrokerMethod(conn net.Conn, want uint16) (amqp.Method, error) {
+// readBrokerMethod reads the broker's next connection method from frames,
+// which must be want or Close (then Close-Ok goes to conn). A Close is acknowledged and comes back as a final error.
+func readBrokerMethod(conn io.Writer, frames *amqp.FrameReader, want uint16) (amqp.Method, error) {
 	for {
-		f, err := amqp.ReadFrame(conn, brokerFrameMax)
+		f, err := frames.ReadFrame(brokerFrameMax)
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, fmt.Errorf("broker closed the connection while the proxy waited for %s",
@@ -167,7 +182,7 @@ func probeBroker(_ context.Context, conn net.Conn) error {
 	if _, err := conn.Write(amqp.Header091); err != nil {
 		return err
 	}
-	if _, err := readBrokerMethod(conn, amqp.MethodStart); err != nil {
+	if _, err := readBrokerMethod(conn, amqp.NewFrameReader(conn), amqp.MethodStart); err != nil {
 		return fmt.Errorf("no Connection.Start: %w", err)
 	}
 	return nil

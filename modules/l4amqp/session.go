@@ -1,6 +1,7 @@
 package l4amqp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -43,8 +44,11 @@ type session struct {
 	open     *amqp.Open
 	user     string
 	offered  amqp.Tune
-	frameMax uint32 // the largest frame the client may send now
-	started  bool   // Connection.Start was sent: Close frames are understood
+	frameMax uint32            // the largest frame the client may send now
+	started  bool              // Connection.Start was sent: Close frames are understood
+	out      io.Writer         // to the client, until the relay
+	frames   *amqp.FrameReader // the client's frames after its header
+	early    *earlyReplay
 }
 
 // closeError is a Connection.Close to send to the client. It carries either
@@ -71,6 +75,7 @@ var (
 func (s *session) run() string {
 	s.routeLabel = "unrouted"
 	_ = s.cx.SetDeadline(time.Now().Add(time.Duration(s.h.HandshakeTimeout)))
+	defer s.abandonEarly()
 	err := s.clientHandshake()
 	if err == nil {
 		return s.routeAndRelay()
@@ -147,7 +152,9 @@ func (s *session) clientHandshake() error {
 	if v, _ := amqp.ParseHeader(hdr); v != amqp.Version091 {
 		return errBadHeader
 	}
+	s.startEarly()
 	s.frameMax = amqp.FrameMinSize
+	s.useClientIO()
 	if err := s.send(s.h.startMethod()); err != nil {
 		return err
 	}
@@ -160,6 +167,7 @@ func (s *session) clientHandshake() error {
 	if err := s.checkStartOk(); err != nil {
 		return err
 	}
+	s.credited()
 	s.offered = s.h.offeredTune()
 	if err := s.send(&s.offered); err != nil {
 		return err
@@ -181,6 +189,22 @@ func (s *session) clientHandshake() error {
 	}
 	s.open = m.(*amqp.Open)
 	return nil
+}
+
+// useClientIO reads and writes the client's handshake after its header on
+// the socket itself when it is plain TCP (relay.RawIO), after whatever the
+// listener had read ahead; else through the layer4 connection.
+func (s *session) useClientIO() {
+	raw := relay.RawIO(s.cx.Conn)
+	if raw == s.cx.Conn {
+		s.out, s.frames = s.cx, amqp.NewFrameReader(s.cx)
+		return
+	}
+	var in io.Reader = raw
+	if ahead := relay.Prefetched(s.cx); len(ahead) > 0 {
+		in = io.MultiReader(bytes.NewReader(ahead), raw)
+	}
+	s.out, s.frames = raw, amqp.NewFrameReader(in)
 }
 
 func (s *session) checkStartOk() error {
@@ -225,7 +249,7 @@ func above[T uint16 | uint32](v, limit T) bool {
 // client Close is answered with Close-Ok and ends the session.
 func (s *session) readMethod(want uint16) (amqp.Method, error) {
 	for {
-		f, err := amqp.ReadFrame(s.cx, s.frameMax)
+		f, err := s.frames.ReadFrame(s.frameMax)
 		if err != nil {
 			return nil, err
 		}
@@ -259,7 +283,7 @@ func (s *session) send(m amqp.Method) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.cx.Write(b)
+	_, err = s.out.Write(b)
 	return err
 }
 
@@ -282,15 +306,7 @@ func (s *session) routeAndRelay() string {
 		return s.fail(closeWith(outcomeLimited, amqp.ReplyNotAllowed, "NOT_ALLOWED - vhost %s: %s", vhost, refusal))
 	}
 	defer release()
-	ctx, cancel := s.h.dialContext()
-	defer cancel()
-	ctx = farm.WithLocalAddr(ctx, s.cx.LocalAddr())
-	var openOk []byte
-	lease, err := f.Dial(ctx, s.remote, func(ctx ctxT, m *farm.Member, conn net.Conn) error {
-		var err error
-		openOk, err = s.replay(ctx, m, conn)
-		return err
-	})
+	lease, openOk, after, err := s.dialBroker(f)
 	var nm *farm.NoMemberError
 	switch {
 	case errors.As(err, &nm):
@@ -317,7 +333,7 @@ func (s *session) routeAndRelay() string {
 		addWatch(l.watch)
 		defer removeWatch(l.watch)
 	}
-	if _, err := s.cx.Write(openOk); err != nil {
+	if _, err := s.out.Write(openOk); err != nil {
 		return outcomeClientClosed
 	}
 	_ = s.cx.SetDeadline(time.Time{})
@@ -329,7 +345,7 @@ func (s *session) routeAndRelay() string {
 	source := sourceKey(s.remote)
 	record(true, vhost, upstream, source, func(c *Counters) { c.Active++ })
 	s.h.metrics.active.WithLabelValues(label).Inc()
-	up, down, ended := s.relaySession(l, lim.dataRate)
+	up, down, ended := s.relaySession(l, lim.dataRate, after)
 	s.h.metrics.active.WithLabelValues(label).Dec()
 	s.h.metrics.bytes.WithLabelValues(label, "upstream").Add(float64(up))
 	s.h.metrics.bytes.WithLabelValues(label, "downstream").Add(float64(down))
@@ -354,6 +370,25 @@ func (s *session) routeAndRelay() string {
 	return outcomeRouted
 }
 
+// dialBroker replays the handshake to a member of f, or finishes the early
+// replay already under way there.
+// It returns the broker's Open-Ok frame and the bytes the broker sent after
+// it that the replay has read.
+func (s *session) dialBroker(f *farm.Farm) (lease *farm.Lease, openOk, after []byte, err error) {
+	if e := s.useEarly(f); e != nil {
+		return e.lease, e.openOk, e.after, e.err
+	}
+	ctx, cancel := s.h.dialContext()
+	defer cancel()
+	ctx = farm.WithLocalAddr(ctx, s.cx.LocalAddr())
+	lease, err = f.Dial(ctx, s.remote, func(ctx ctxT, m *farm.Member, conn net.Conn) error {
+		var err error
+		openOk, after, err = s.replay(ctx, m, conn, nil)
+		return err
+	})
+	return lease, openOk, after, err
+}
+
 // hold keeps a client of a paused vhost after its Open until the vhost
 // resumes (then the session is routed by the handler current at that time),
 // answering its heartbeats, for at most pause_timeout.
@@ -362,6 +397,7 @@ func (s *session) hold(vhost string) error {
 	if wait == nil {
 		return nil
 	}
+	s.abandonEarly() // the route is taken at resume, perhaps by another config
 	timeout := time.Duration(s.h.PauseTimeout)
 	s.h.logger.Debug("amqp client held: vhost paused", zap.String("remote", s.remote.String()), zap.String("vhost", vhost))
 	_ = s.cx.SetDeadline(time.Time{})
@@ -389,7 +425,7 @@ func (s *session) hold(vhost string) error {
 		case err := <-gone:
 			return err
 		case <-beat:
-			_, _ = s.cx.Write(heartbeat)
+			_, _ = s.out.Write(heartbeat)
 		case <-timer.C:
 			_ = s.cx.SetReadDeadline(time.Now())
 			<-gone
@@ -404,7 +440,7 @@ func (s *session) hold(vhost string) error {
 // (the client must wait for Open-Ok).
 func (s *session) drainWhileHeld() error {
 	for {
-		f, err := amqp.ReadFrame(s.cx, s.frameMax)
+		f, err := s.frames.ReadFrame(s.frameMax)
 		if err != nil {
 			return err
 		}

@@ -110,7 +110,7 @@ func (l *loop) post(f func()) {
 	l.mu.Unlock()
 	if l.woke.CompareAndSwap(false, true) {
 		one := [8]byte{1}
-		_, _ = unix.Write(l.wakefd, one[:])
+		_, _ = rawWrite(l.wakefd, one[:])
 	}
 }
 
@@ -145,7 +145,7 @@ func (l *loop) run() {
 
 func (l *loop) runCommands() {
 	var b [8]byte
-	_, _ = unix.Read(l.wakefd, b[:])
+	_, _ = rawRead(l.wakefd, b[:])
 	l.woke.Store(false)
 	l.mu.Lock()
 	cmds := l.cmds

@@ -73,7 +73,7 @@ func Poll(client, upstream net.Conn, upSeen, downSeen func([]byte)) *Polled {
 }
 
 // dupSocket duplicates c's descriptor (close-on-exec; it shares the
-// socket's non-blocking mode).
+// socket's non-blocking mode), by a raw system call (see rawIO).
 func dupSocket(c *net.TCPConn) (int, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
@@ -81,7 +81,10 @@ func dupSocket(c *net.TCPConn) (int, error) {
 	}
 	fd := -1
 	cerr := raw.Control(func(s uintptr) {
-		fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+		r, _, errno := unix.RawSyscall(unix.SYS_FCNTL, s, unix.F_DUPFD_CLOEXEC, 0)
+		if fd, err = int(r), nil; errno != 0 {
+			fd, err = -1, errno
+		}
 	})
 	if cerr != nil {
 		return -1, cerr
@@ -138,8 +141,8 @@ func (p *Polled) closeSockets() {
 	defer p.mu.Unlock()
 	if !p.closed {
 		p.closed = true
-		_ = unix.Close(p.client.fd)
-		_ = unix.Close(p.upstream.fd)
+		rawClose(p.client.fd)
+		rawClose(p.upstream.fd)
 	}
 }
 
@@ -359,7 +362,7 @@ func (s *sock) endDirection() {
 		return
 	}
 	s.shut = true
-	_ = unix.Shutdown(s.peer.fd, unix.SHUT_WR)
+	rawShutdown(s.peer.fd, unix.SHUT_WR)
 	if s.p.first == nil {
 		s.p.first = s
 	}
@@ -376,8 +379,10 @@ func (s *sock) release() {
 	s.pending, s.pbuf, s.pfrom = nil, nil, nil
 }
 
-// rawRead and rawWrite are read(2) and write(2) on a non-blocking socket,
-// which never block: raw system calls, without telling the scheduler.
+// rawRead, rawWrite, rawShutdown and rawClose are read(2), write(2),
+// shutdown(2) and close(2) on a non-blocking socket (without SO_LINGER),
+// which never block: raw system calls, without telling the scheduler (see
+// rawIO for why).
 func rawRead(fd int, b []byte) (int, error) {
 	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	if errno != 0 {
@@ -392,4 +397,12 @@ func rawWrite(fd int, b []byte) (int, error) {
 		return 0, errno
 	}
 	return int(n), nil
+}
+
+func rawShutdown(fd, how int) {
+	_, _, _ = unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0)
+}
+
+func rawClose(fd int) {
+	_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 }

@@ -1,0 +1,101 @@
+package amqp
+
+import (
+	"errors"
+	"io"
+)
+
+// FrameReader reads frames through a buffer, so that one read brings
+// whatever the peer has sent (a frame's header and payload, or Tune-Ok and
+// Open together) instead of one read for the header and one for the rest.
+// It may read past the last frame returned: Buffered holds those bytes,
+// which belong to the data path after the handshake.
+//
+// The buffer starts at frameReaderSize and grows to hold the frame being
+// read, never past its maxSize.
+type FrameReader struct {
+	r          io.Reader
+	buf        []byte
+	start, end int // buf[start:end] is read but not yet returned
+}
+
+// frameReaderSize holds every handshake frame a common client or RabbitMQ
+// sends (Start from RabbitMQ is about 500 bytes) in one read.
+const frameReaderSize = 2048
+
+// NewFrameReader returns a FrameReader reading from r.
+func NewFrameReader(r io.Reader) *FrameReader { return &FrameReader{r: r} }
+
+// ReadFrame returns the next frame. The payload is the caller's own: it
+// does not alias the buffer. maxSize bounds the frame as in ParseFrame.
+// A stream that ends inside a frame gives io.ErrUnexpectedEOF; one that
+// ends between frames gives io.EOF.
+func (fr *FrameReader) ReadFrame(maxSize uint32) (Frame, error) {
+	for {
+		f, n, err := ParseFrame(fr.buf[fr.start:fr.end], maxSize)
+		if err == nil {
+			fr.start += n
+			f.Payload = append([]byte(nil), f.Payload...)
+			return f, nil
+		}
+		if !errors.Is(err, ErrNeedMore) {
+			return Frame{}, err
+		}
+		if err := fr.fill(fr.need(maxSize)); err != nil {
+			if errors.Is(err, io.EOF) && fr.start < fr.end {
+				err = io.ErrUnexpectedEOF
+			}
+			return Frame{}, err
+		}
+	}
+}
+
+// need is how many bytes the frame at buf[start:] spans, as far as its
+// header tells (at least a header's worth, at most maxSize).
+func (fr *FrameReader) need(maxSize uint32) int {
+	b := fr.buf[fr.start:fr.end]
+	if len(b) < frameHeaderLen {
+		return frameHeaderLen
+	}
+	_, _, size, err := parseFrameHeader(b, maxSize)
+	if err != nil { // ParseFrame has already rejected it
+		return frameHeaderLen
+	}
+	return frameHeaderLen + int(size) + 1
+}
+
+// fill reads once, after making room for a frame of need bytes.
+func (fr *FrameReader) fill(need int) error {
+	if fr.start == fr.end {
+		fr.start, fr.end = 0, 0
+	}
+	if len(fr.buf)-fr.start < need {
+		size := max(need, frameReaderSize)
+		if size > len(fr.buf) {
+			grown := make([]byte, size)
+			fr.end = copy(grown, fr.buf[fr.start:fr.end])
+			fr.buf = grown
+		} else {
+			fr.end = copy(fr.buf, fr.buf[fr.start:fr.end])
+		}
+		fr.start = 0
+	}
+	n, err := fr.r.Read(fr.buf[fr.end:])
+	fr.end += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// Buffered returns the bytes read past the last frame returned, and
+// forgets them.
+func (fr *FrameReader) Buffered() []byte {
+	b := fr.buf[fr.start:fr.end]
+	fr.start, fr.end = 0, 0
+	fr.buf = nil
+	return b
+}
