@@ -19,9 +19,10 @@ type FrameReader struct {
 	start, end int // buf[start:end] is read but not yet returned
 }
 
-// frameReaderSize holds every handshake frame a common client or RabbitMQ
-// sends (Start from RabbitMQ is about 500 bytes) in one read.
-const frameReaderSize = 2048
+// frameReaderSize holds a handshake frame in one read (RabbitMQ's Start is
+// about 500 bytes, amqp091-go's Start-Ok about 170); a larger frame grows
+// the buffer.
+const frameReaderSize = 1024
 
 // NewFrameReader returns a FrameReader reading from r.
 func NewFrameReader(r io.Reader) *FrameReader { return &FrameReader{r: r} }

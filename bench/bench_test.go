@@ -52,6 +52,11 @@ func startCaddy(b *testing.B, target string) (paths, *e2e.Caddy) {
 	return paths{direct: target, prelude: prelude, l4proxy: l4proxy}, startBenchCaddy(b, cfg)
 }
 
+// Benchmarks run Caddy at its default log level, as operators do: the
+// tests' DEBUG level writes lines per session that cost connection setup
+// about 7% of the proxy's CPU (BENCHMARKS.md, "connection setup").
+func init() { e2e.LogLevel = "INFO" }
+
 // startBenchCaddy starts Caddy with cfg: in process, or, when
 // PRELUDE_BENCH_CADDY names a binary, as its own process pinned to
 // PRELUDE_BENCH_CADDY_CPUS (the Makefile's pinned layout).

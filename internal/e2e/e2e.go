@@ -95,10 +95,15 @@ type Caddy struct {
 // old one would be reset under the next request.
 var adminClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 
+// LogLevel is the level of the Caddy logs StartCaddy and StartCaddyProcess
+// write: DEBUG for tests (every session is logged), INFO (Caddy's default,
+// what operators run) for benchmarks.
+var LogLevel = "DEBUG"
+
 var caddyMu sync.Mutex // caddy.Load is process-global: one Caddy at a time
 
 // StartCaddy loads cfg (a JSON object without "admin" and "logging", which
-// are added: admin on a free loopback port, DEBUG logs to a file) and stops
+// are added: admin on a free loopback port, logs at LogLevel to a file) and stops
 // Caddy at the end of the test. At the end it also fails the test if any
 // string given to NoLeak appears in the logs.
 func StartCaddy(t testing.TB, cfg map[string]any) *Caddy {
@@ -124,7 +129,7 @@ func (c *Caddy) full(cfg map[string]any) map[string]any {
 	}
 	out["admin"] = map[string]any{"listen": c.Admin, "origins": []string{c.Admin}, "config": map[string]any{"persist": false}}
 	out["logging"] = map[string]any{"logs": map[string]any{"default": map[string]any{
-		"level": "DEBUG", "writer": map[string]any{"output": "file", "filename": c.LogFile},
+		"level": LogLevel, "writer": map[string]any{"output": "file", "filename": c.LogFile},
 	}}}
 	return out
 }

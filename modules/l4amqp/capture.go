@@ -318,8 +318,9 @@ func (fc *fileCapture) open(m *sessionMeta, now time.Time) (sinkSession, error) 
 	} else if err := fc.write(appendEventLine(nil, m, "open", now)); err != nil {
 		return nil, err
 	}
-	for i := range m.handshake {
-		if err := cs.frame(&m.handshake[i], now); err != nil {
+	handshake := m.handshake()
+	for i := range handshake {
+		if err := cs.frame(&handshake[i], now); err != nil {
 			return nil, err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -462,7 +463,7 @@ func (s *session) drainWhileHeld() error {
 func (s *session) meta(l *liveSession, broker net.Addr, openOk []byte) *sessionMeta {
 	return &sessionMeta{ID: l.info.ID, Client: s.remote, Broker: broker, VHost: l.info.VHost, User: s.user,
 		Mechanism: s.startOk.Mechanism, ConnectionName: l.info.ConnectionName, Route: l.info.Route,
-		Started: l.info.Started, handshake: s.handshakeFrames(openOk)}
+		Started: l.info.Started, handshake: sync.OnceValue(func() []amqp.FrameInfo { return s.handshakeFrames(openOk) })}
 }
 
 func (s *session) setPlaceholders(upstream string) {

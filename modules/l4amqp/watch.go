@@ -19,8 +19,9 @@ type sessionMeta struct {
 	Route          string
 	Started        time.Time
 	// The handshake as the client saw it, for captures that start with the
-	// session: Start-Ok's response is replaced by redactedResponse.
-	handshake []amqp.FrameInfo
+	// session: Start-Ok's response is replaced by redactedResponse. Built
+	// on first use: most sessions are never captured.
+	handshake func() []amqp.FrameInfo
 }
 
 // watch looks inside one routed session after its handshake: it decodes
