@@ -80,6 +80,16 @@ func (s *session) relaySession(l *liveSession, rate int64, after []byte) (in, ou
 	}
 }
 
+// writePending writes b unless it is empty: a side the loop has already
+// half-closed takes no write at all, not even an empty one.
+func writePending(dst net.Conn, b []byte) (int64, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	n, err := dst.Write(b)
+	return int64(n), err
+}
+
 // replayRead writes bytes the handshake read from one side to the other,
 // showing them to seen first as the relay would.
 func replayRead(dst net.Conn, b []byte, seen func([]byte)) (int64, error) {
@@ -89,8 +99,7 @@ func replayRead(dst net.Conn, b []byte, seen func([]byte)) (int64, error) {
 	if seen != nil {
 		seen(b)
 	}
-	n, err := dst.Write(b)
-	return int64(n), err
+	return writePending(dst, b)
 }
 
 // relayPolled waits for a session on an event loop to end. A graceful
@@ -126,10 +135,10 @@ func (s *session) finishStopped(l *liveSession, p *relay.Polled, tr *amqp.FrameT
 	if err != nil {
 		return 0, 0
 	}
-	w, _ := upstream.Write(upPending)
-	in += int64(w)
-	w, _ = client.Write(downPending)
-	out += int64(w)
+	w, _ := writePending(upstream, upPending)
+	in += w
+	w, _ = writePending(client, downPending)
+	out += w
 	k, _ := finishFrame(client, upstream, tr)
 	out += k
 	s.closeSevered(l, client, upstream, tr)

@@ -143,8 +143,12 @@ func TestPollStopHandsBack(t *testing.T) {
 	if len(upPending) != 0 {
 		t.Fatalf("%d bytes pending upstream, none were sent", len(upPending))
 	}
-	if _, err := c.Write(downPending); err != nil {
-		t.Fatal(err)
+	// The stop may come after the whole stream was relayed and the client's
+	// side half-closed: then nothing is pending and nothing may be written.
+	if len(downPending) > 0 {
+		if _, err := c.Write(downPending); err != nil {
+			t.Fatal(err)
+		}
 	}
 	n, err := io.Copy(c, u)
 	if err != nil {
