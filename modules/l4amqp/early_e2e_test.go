@@ -133,3 +133,23 @@ func TestEarlyDialDroppedWhilePaused(t *testing.T) {
 	defer conn.Close()
 	roundTrip(t, conn, 10)
 }
+
+// TestEarlyDialFailsOver: an early dial passes over a member that refuses
+// connections.
+func TestEarlyDialFailsOver(t *testing.T) {
+	dead := e2e.FreePort(t)
+	c, addr := startProxy(t, map[string]any{"handler": "amqp",
+		"default": map[string]any{"to": []string{dead, e2e.RabbitAddr}, "lb_policy": "first"}})
+	roundTrip(t, dial(t, e2e.URL(addr, e2e.VhostA)), 5)
+	if got := c.MetricValue(t, `caddy_layer4_farm_member_failed{member="`+dead+`"}`); got != 1 {
+		t.Errorf("the refusing member: member_failed %v, want 1", got)
+	}
+}
+
+// TestEarlyDialAllMembersDead: with every member dead the client still gets
+// Close 320 after its Open, naming its vhost.
+func TestEarlyDialAllMembersDead(t *testing.T) {
+	_, addr := startProxy(t, map[string]any{"handler": "amqp",
+		"default": map[string]any{"to": []string{e2e.FreePort(t), e2e.FreePort(t)}}})
+	refusal(t, e2e.URL(addr, e2e.VhostA), 320, "no broker reachable for vhost prelude-a", 2*time.Second)
+}
