@@ -31,7 +31,7 @@ test: test-deps check
 # A 56 MB git clone takes seconds and a Foo round up to 1 000 000 requests, so those run fewer times.
 BENCH = $(GO) test -run '^$$' -timeout 30m ./bench/
 BENCH_AMQP = -bench 'ConnectionSetup|RelayThroughput|PublishThroughput' -benchtime 20x -count 3
-BENCH_SMALL = -bench 'SmallMessages|CaptureVsFirehose|CaptureLargeBodies' -benchtime 10x -count 3
+BENCH_SMALL = -bench 'SmallMessages|SetupFarClient|CaptureVsFirehose|CaptureLargeBodies' -benchtime 10x -count 3
 # Statistics on against off (and, with PRELUDE_BENCH_BASELINE_CADDY=<a caddy
 # built from an earlier commit>, against that build), A-B-B-A per iteration.
 BENCH_STATS = -bench 'StatsCost' -benchtime 30x -count 3

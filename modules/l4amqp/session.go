@@ -372,9 +372,8 @@ func (s *session) routeAndRelay() string {
 }
 
 // dialBroker replays the handshake to a member of f, or finishes the early
-// replay already under way there.
-// It returns the broker's Open-Ok frame and the bytes the broker sent after
-// it that the replay has read.
+// replay already under way there. It returns the broker's Open-Ok frame and
+// the bytes the broker sent after it that the replay has read.
 func (s *session) dialBroker(f *farm.Farm) (lease *farm.Lease, openOk, after []byte, err error) {
 	if e := s.useEarly(f); e != nil {
 		return e.lease, e.openOk, e.after, e.err
