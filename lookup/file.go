@@ -1,0 +1,126 @@
+package lookup
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// File is a Table read from a TSV file and read again whenever the file
+// changes (its size, modification time or inode: an editor's in-place save
+// and a rename over it both count). A file that does not parse keeps the
+// last good table; Err says why until a good one replaces it.
+//
+// It polls with stat(2) every interval rather than using inotify: polling
+// sees a file replaced by rename (the safe way to publish a table) without
+// watching its directory, works on every file system, and costs one system
+// call per interval.
+type File struct {
+	path  string
+	table atomic.Pointer[Table]
+	err   atomic.Pointer[error]
+	seen  fileStamp
+	// Loaded is called (on the watching goroutine) after each load attempt,
+	// with the error if it failed. Optional; set before Watch.
+	Loaded func(t *Table, err error)
+}
+
+// fileStamp is what says a file changed.
+type fileStamp struct {
+	size  int64
+	mtime time.Time
+	ino   uint64
+}
+
+// OpenFile reads the table at path. It fails if the first read does.
+func OpenFile(path string) (*File, error) {
+	f := &File{path: path}
+	if err := f.reload(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Table is the current table; never nil after OpenFile.
+func (f *File) Table() *Table { return f.table.Load() }
+
+// Err is why the last reload failed, or nil if the table is the file's
+// current content.
+func (f *File) Err() error {
+	if p := f.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Watch reloads the table whenever the file changes, checking every
+// interval, until ctx ends.
+func (f *File) Watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st, err := stamp(f.path)
+		if err == nil && st == f.seen {
+			continue
+		}
+		if err == nil {
+			err = f.reload()
+		} else {
+			f.seen = fileStamp{} // read it again once it is back
+			f.fail(err)
+		}
+		if f.Loaded != nil {
+			f.Loaded(f.table.Load(), err)
+		}
+	}
+}
+
+// reload reads the file; on success the table is replaced at once (readers
+// see the old or the new one, never a mix).
+func (f *File) reload() error {
+	st, err := stamp(f.path)
+	if err != nil {
+		return f.fail(err)
+	}
+	b, err := os.ReadFile(f.path)
+	if err != nil {
+		return f.fail(err)
+	}
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		return f.fail(fmt.Errorf("%s: the last line has no newline: the file is incomplete (being written, or truncated)", f.path))
+	}
+	t, err := ParseTSV(bytes.NewReader(b))
+	if err != nil {
+		return f.fail(fmt.Errorf("%s: %w", f.path, err))
+	}
+	f.seen = st
+	f.table.Store(t)
+	f.err.Store(nil)
+	return nil
+}
+
+func (f *File) fail(err error) error {
+	f.err.Store(&err)
+	return err
+}
+
+func stamp(path string) (fileStamp, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}, err
+	}
+	st := fileStamp{size: fi.Size(), mtime: fi.ModTime()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = sys.Ino
+	}
+	return st, nil
+}

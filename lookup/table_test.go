@@ -1,0 +1,241 @@
+package lookup
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+const sample = "# git routes\n" +
+	"alice\t10.0.0.1:9418\n" +
+	"\n" +
+	"bob\tgit-b.internal:9418,git-c.internal:9418\r\n" +
+	"carol\t[::1]:9418\n"
+
+func TestParseTSV(t *testing.T) {
+	tb, err := ParseTSV(strings.NewReader(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string][]string{
+		"alice": {"10.0.0.1:9418"},
+		"bob":   {"git-b.internal:9418", "git-c.internal:9418"},
+		"carol": {"[::1]:9418"},
+	} {
+		if got, ok := tb.Lookup(key); !ok || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: %v %v, want %v", key, got, ok, want)
+		}
+	}
+	if tb.Len() != 3 {
+		t.Errorf("Len %d, want 3", tb.Len())
+	}
+	for _, miss := range []string{"dave", "", "# git routes", strings.Repeat("a", MaxKeyLen+1)} {
+		if got, ok := tb.Lookup(miss); ok {
+			t.Errorf("%.20q: found %v", miss, got)
+		}
+	}
+}
+
+func TestParseTSVRefuses(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"alice 10.0.0.1:9418\n", "line 1: no tab"},
+		{"ok\t1.2.3.4:1\n\t1.2.3.4:1\n", "line 2: empty key"},
+		{"al ice\t1.2.3.4:1\n", "white space"},
+		{"alice\t\n", "no address"},
+		{"alice\t10.0.0.1\n", "not host:port"},
+		{"alice\t10.0.0.1:0\n", "no valid port"},
+		{"alice\t10.0.0.1:70000\n", "no valid port"},
+		{"alice\t10.0.0.1:git\n", "no valid port"},
+		{"alice\t:9418\n", "no valid host"},
+		{"alice\ta/b:9418\n", "no valid host"},
+		{"alice\t1.2.3.4:1,\n", "not host:port"},
+		{"alice\t1.2.3.4:1\nalice\t1.2.3.4:2\n", "listed twice"},
+		{strings.Repeat("k", MaxKeyLen+1) + "\t1.2.3.4:1\n", "key longer than"},
+		{"alice\t" + strings.Repeat("1.2.3.4:1,", 8000) + "1.2.3.4:1\n", "longer than"},
+	} {
+		_, err := ParseTSV(strings.NewReader(c.in))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%.40q: %v, want an error with %q", c.in, err, c.want)
+		}
+	}
+}
+
+// TestParseTSVPrefixes: every prefix of a table that ends a line parses
+// to a subset of it. (A prefix cut inside a line can still be a valid,
+// different line: File refuses a last line without its newline for that.)
+func TestParseTSVPrefixes(t *testing.T) {
+	full, _ := ParseTSV(strings.NewReader(sample))
+	for i := 0; i <= len(sample); i++ {
+		tb, err := ParseTSV(strings.NewReader(sample[:i]))
+		if err != nil || !strings.HasSuffix(sample[:i], "\n") {
+			continue
+		}
+		for key := range tb.index {
+			want, _ := full.Lookup(key)
+			if got, _ := tb.Lookup(key); !reflect.DeepEqual(got, want) {
+				t.Fatalf("prefix %d holds %q → %v, the table %v", i, key, got, want)
+			}
+		}
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatalf("not within 1s: %s", what)
+}
+
+// TestFileReloads: a replaced file is read again within a second; a bad
+// or incomplete one keeps the last good table and says why.
+func TestFileReloads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes.tsv")
+	writeFile(t, path, "alice\t10.0.0.1:9418\n")
+	f, err := OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loads := make(chan error, 16)
+	f.Loaded = func(_ *Table, err error) { loads <- err }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go f.Watch(ctx, 50*time.Millisecond)
+	lookup := func(key string) string {
+		a, _ := f.Table().Lookup(key)
+		return strings.Join(a, ",")
+	}
+
+	writeFile(t, path, "alice\t10.0.0.2:9418\n")
+	waitFor(t, "the moved route", func() bool { return lookup("alice") == "10.0.0.2:9418" })
+	if err := <-loads; err != nil || f.Err() != nil {
+		t.Fatalf("good reload: %v, %v", err, f.Err())
+	}
+
+	writeFile(t, path, "alice 10.0.0.3:9418\n")
+	waitFor(t, "the bad file noticed", func() bool { return f.Err() != nil })
+	if lookup("alice") != "10.0.0.2:9418" || !strings.Contains(f.Err().Error(), "line 1") {
+		t.Fatalf("after a bad file: %q, %v", lookup("alice"), f.Err())
+	}
+
+	writeFile(t, path, "alice\t10.0.0.4:9418\nbob\t10.0.0.5:94") // cut mid-line
+	waitFor(t, "the incomplete file noticed", func() bool {
+		return f.Err() != nil && strings.Contains(f.Err().Error(), "no newline")
+	})
+	if lookup("alice") != "10.0.0.2:9418" {
+		t.Fatalf("after an incomplete file: %q", lookup("alice"))
+	}
+
+	_ = os.Remove(path)
+	waitFor(t, "the missing file noticed", func() bool { return os.IsNotExist(f.Err()) })
+	writeFile(t, path, "alice\t10.0.0.6:9418\n")
+	waitFor(t, "the file back", func() bool { return lookup("alice") == "10.0.0.6:9418" && f.Err() == nil })
+}
+
+func TestOpenFileFailsOnABadFirstRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes.tsv")
+	if _, err := OpenFile(path); !os.IsNotExist(err) {
+		t.Fatalf("missing file: %v", err)
+	}
+	writeFile(t, path, "alice\n")
+	if _, err := OpenFile(path); err == nil || !strings.Contains(err.Error(), "routes.tsv: line 1") {
+		t.Fatalf("bad file: %v", err)
+	}
+}
+
+// FuzzParseTSV: any input parses or fails cleanly, and what parses holds
+// only checked keys and addresses.
+func FuzzParseTSV(f *testing.F) {
+	f.Add([]byte(sample))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tb, err := ParseTSV(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		for key := range tb.index {
+			if key == "" || len(key) > MaxKeyLen || strings.ContainsAny(key, " \t") {
+				t.Fatalf("key %q was accepted", key)
+			}
+			addrs, ok := tb.Lookup(key)
+			if !ok || len(addrs) == 0 {
+				t.Fatalf("key %q has no addresses", key)
+			}
+			for _, a := range addrs {
+				if err := CheckAddress(a); err != nil {
+					t.Fatalf("key %q: %v", key, err)
+				}
+			}
+		}
+	})
+}
+
+// millionKeys is a table of n short keys, one address each.
+func millionKeys(n int) []byte {
+	var b bytes.Buffer
+	for i := range n {
+		fmt.Fprintf(&b, "owner%07d\t10.%d.%d.%d:9418\n", i, i>>16&255, i>>8&255, i&255)
+	}
+	return b.Bytes()
+}
+
+// BenchmarkLoad1M: parsing a table of a million keys, and the heap the
+// table keeps (MB) once loaded.
+func BenchmarkLoad1M(b *testing.B) {
+	data := millionKeys(1_000_000)
+	var keep *Table
+	var before, after runtime.MemStats
+	b.ResetTimer()
+	for range b.N {
+		keep = nil
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		tb, err := ParseTSV(bytes.NewReader(data))
+		if err != nil {
+			b.Fatal(err)
+		}
+		keep = tb
+	}
+	b.StopTimer()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "MB")
+	runtime.KeepAlive(keep)
+}
+
+// BenchmarkLookup1M: one lookup in a table of a million keys.
+func BenchmarkLookup1M(b *testing.B) {
+	tb, err := ParseTSV(bytes.NewReader(millionKeys(1_000_000)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("owner%07d", i*977)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if _, ok := tb.Lookup(keys[i&1023]); !ok {
+			b.Fatal("miss")
+		}
+	}
+}
