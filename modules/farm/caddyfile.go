@@ -31,6 +31,10 @@ import (
 //		tls { … }
 //		zone <zone>
 //	}
+//	lookup file <path> {
+//		key <placeholders>
+//		refresh <duration>
+//	}
 func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	opt := d.Val()
 	switch opt {
@@ -103,8 +107,41 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 			}
 		}
 		f.Upstreams = append(f.Upstreams, u)
+	case "lookup":
+		return true, f.unmarshalLookup(d)
 	default:
 		return false, nil
 	}
 	return true, nil
+}
+
+// unmarshalLookup parses `lookup file <path> { key …; refresh … }`.
+func (f *Farm) unmarshalLookup(d *caddyfile.Dispenser) error {
+	l := &Lookup{}
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	l.Source = d.Val()
+	if l.Source != "file" {
+		return d.Errf("lookup: unknown source %q (want file)", l.Source)
+	}
+	if err := cfutil.OneArg(d, &l.Path); err != nil {
+		return err
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch sub := d.Val(); sub {
+		case "key":
+			if err := cfutil.OneArg(d, &l.Key); err != nil {
+				return err
+			}
+		case "refresh":
+			if err := cfutil.Duration(d, &l.Refresh); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("lookup: unknown option %q", sub)
+		}
+	}
+	f.Lookup = l
+	return nil
 }

@@ -79,10 +79,14 @@ func (f *Farm) DialSticky(ctx context.Context, client net.Addr, key string, atte
 }
 
 func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
+	routed, err := f.lookupMembers(ctx)
+	if err != nil {
+		return nil, err
+	}
 	tryUntil := time.Now().Add(time.Duration(f.LBTryDuration))
 	noMember := &NoMemberError{}
 	for {
-		order, resolveErrs := f.candidates(ctx, client, key)
+		order, resolveErrs := f.candidates(ctx, client, key, routed)
 		noMember.Tried = append(noMember.Tried, resolveErrs...)
 		for _, m := range order {
 			if f.MaxConnections > 0 && m.Active() >= int64(f.MaxConnections) {
@@ -198,8 +202,11 @@ func trimOpError(err error) error {
 
 // candidates returns the members in the order to try them: healthy members in
 // policy order, then members sitting out a failure as a last resort.
-func (f *Farm) candidates(ctx context.Context, client net.Addr, key string) ([]*Member, []string) {
-	all, errs := f.Members(ctx)
+func (f *Farm) candidates(ctx context.Context, client net.Addr, key string, routed []*Member) ([]*Member, []string) {
+	all, errs := routed, []string(nil)
+	if routed == nil {
+		all, errs = f.Members(ctx)
+	}
 	now := time.Now()
 	var healthy, failed []*Member
 	for _, m := range all {

@@ -59,6 +59,9 @@ type Farm struct {
 	// Per-member options (TLS, zone) by address as written; an address
 	// listed only here is a member too.
 	Upstreams []Upstream `json:"upstreams,omitempty"`
+	// A routing table to pick the members by a key per connection; To, if
+	// set, is then the default for keys the table does not hold.
+	Lookup *Lookup `json:"lookup,omitempty"`
 	// Send a PROXY protocol header ("v1" or "v2") to members before
 	// anything else, so that they see the client's address.
 	ProxyProtocol string `json:"proxy_protocol,omitempty"`
@@ -216,6 +219,12 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	}
 	hctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel
+	if f.Lookup != nil {
+		if err := f.Lookup.provision(hctx, f.logger); err != nil {
+			cancel()
+			return err
+		}
+	}
 	f.startHealthChecks(hctx)
 	f.startRefresh(hctx)
 	farmsMu.Lock()
@@ -233,8 +242,13 @@ func (f *Farm) policyName() string {
 
 // Validate reports the first invalid option by its JSON name.
 func (f *Farm) Validate() error {
-	if len(f.To) == 0 && len(f.Upstreams) == 0 {
-		return errors.New("to: at least one upstream address is required")
+	if len(f.To) == 0 && len(f.Upstreams) == 0 && f.Lookup == nil {
+		return errors.New("to: at least one upstream address is required (or a lookup)")
+	}
+	if f.Lookup != nil {
+		if err := f.Lookup.validate(); err != nil {
+			return err
+		}
 	}
 	if f.ProxyProtocol != "" && f.ProxyProtocol != "v1" && f.ProxyProtocol != "v2" {
 		return fmt.Errorf("proxy_protocol: %q is not v1 or v2", f.ProxyProtocol)

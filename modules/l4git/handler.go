@@ -61,10 +61,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.RequestTimeout = caddy.Duration(DefaultRequestTimeout)
 	}
 	switch {
-	case h.Error != "" && (len(h.To) > 0 || h.Rewrite != ""):
-		return errors.New("error: answers the request itself; it excludes to and rewrite")
-	case h.Error == "" && len(h.To) == 0:
-		return errors.New("to: an upstream is required (or error, to refuse the request)")
+	case h.Error != "" && (len(h.To) > 0 || h.Lookup != nil || h.Rewrite != ""):
+		return errors.New("error: answers the request itself; it excludes to, lookup and rewrite")
+	case h.Error == "" && len(h.To) == 0 && h.Lookup == nil:
+		return errors.New("to: an upstream is required (or a lookup, or error to refuse the request)")
 	case h.Error != "":
 		return nil
 	}
@@ -103,10 +103,14 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	out = append(out, rest...)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(h.RequestTimeout))
 	defer cancel()
-	lease, err := h.Dial(ctx, cx.RemoteAddr(), func(_ context.Context, _ *farm.Member, conn net.Conn) error {
+	lease, err := h.Dial(farm.WithReplacer(ctx, repl), cx.RemoteAddr(), func(_ context.Context, _ *farm.Member, conn net.Conn) error {
 		_, err := conn.Write(out)
 		return err
 	})
+	var noRoute *farm.NoRouteError
+	if errors.As(err, &noRoute) {
+		return h.finish(cx, req, outcomeNoRoute, fmt.Sprintf("no route for repository %s (%s)", req.Path, noRoute.Error()))
+	}
 	if err != nil {
 		h.logger.Debug("git upstream unreachable", zap.String("remote", cx.RemoteAddr().String()),
 			zap.String("repo", req.Path), zap.Error(err))
@@ -177,6 +181,7 @@ const (
 	outcomeRewriteRefused = "rewrite_refused"
 	outcomeUnreachable    = "unreachable"
 	outcomeMalformed      = "malformed"
+	outcomeNoRoute        = "no_route" // a lookup does not hold the key
 )
 
 // Interface guards
