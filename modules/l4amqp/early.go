@@ -55,10 +55,12 @@ func startOkGate(g *gates) chan struct{} { return g.startOk }
 func openGate(g *gates) chan struct{}    { return g.opened }
 
 // earlyFarm is the farm every session of h reaches, if it can be known
-// before the client's Open: only a default farm, no vhost blocks, no
-// connection limits (a client a limit refuses must never reach a broker).
+// before the client's Open: only a default farm, without a lookup, no vhost
+// blocks, no connection limits (a client a limit refuses must never reach
+// a broker).
 func (h *Handler) earlyFarm() *farm.Farm {
-	if len(h.Routes) > 0 || h.Default == nil || h.Limits != nil && (h.Limits.MaxConnections > 0 || h.Limits.rateN > 0) {
+	if len(h.Routes) > 0 || h.Default == nil || h.Default.Lookup != nil ||
+		h.Limits != nil && (h.Limits.MaxConnections > 0 || h.Limits.rateN > 0) {
 		return nil
 	}
 	return h.Default

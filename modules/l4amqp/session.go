@@ -307,9 +307,14 @@ func (s *session) routeAndRelay() string {
 		return s.fail(closeWith(outcomeLimited, amqp.ReplyNotAllowed, "NOT_ALLOWED - vhost %s: %s", vhost, refusal))
 	}
 	defer release()
+	s.setClientPlaceholders() // a lookup's key may use them
 	lease, openOk, after, err := s.dialBroker(f)
 	var nm *farm.NoMemberError
+	var nr *farm.NoRouteError
 	switch {
+	case errors.As(err, &nr):
+		return s.fail(closeWith(outcomeUnrouted, amqp.ReplyNotAllowed,
+			"NOT_ALLOWED - no route for vhost %s: %s", vhost, nr.Error()))
 	case errors.As(err, &nm):
 		return s.fail(closeWith(outcomeUnreachable, amqp.ReplyConnectionForced,
 			"CONNECTION_FORCED - no broker reachable for vhost %s: %s", vhost, nm.Error()))
@@ -381,6 +386,9 @@ func (s *session) dialBroker(f *farm.Farm) (lease *farm.Lease, openOk, after []b
 	ctx, cancel := s.h.dialContext()
 	defer cancel()
 	ctx = farm.WithLocalAddr(ctx, s.cx.LocalAddr())
+	if repl, ok := s.cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer); ok {
+		ctx = farm.WithReplacer(ctx, repl)
+	}
 	lease, err = f.Dial(ctx, s.remote, func(ctx ctxT, m *farm.Member, conn net.Conn) error {
 		var err error
 		openOk, after, err = s.replay(ctx, m, conn, nil)
@@ -465,7 +473,8 @@ func (s *session) meta(l *liveSession, broker net.Addr, openOk []byte) *sessionM
 		Started: l.info.Started, handshake: sync.OnceValue(func() []amqp.FrameInfo { return s.handshakeFrames(openOk) })}
 }
 
-func (s *session) setPlaceholders(upstream string) {
+// setClientPlaceholders publishes what the client's handshake said.
+func (s *session) setClientPlaceholders() {
 	repl, ok := s.cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return
@@ -474,7 +483,12 @@ func (s *session) setPlaceholders(upstream string) {
 	repl.Set("l4.amqp.user", s.user)
 	repl.Set("l4.amqp.mechanism", s.startOk.Mechanism)
 	repl.Set("l4.amqp.connection_name", s.startOk.ClientProperties.String("connection_name"))
-	repl.Set("l4.amqp.upstream", upstream)
+}
+
+func (s *session) setPlaceholders(upstream string) {
+	if repl, ok := s.cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set("l4.amqp.upstream", upstream)
+	}
 }
 
 // trimAMQP drops the package prefix from wire errors for Close texts.

@@ -65,6 +65,9 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults, provisions the farm and joins the stats set.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	if h.Lookup != nil {
+		return errors.New("lookup: the foo handler does not route by lookup yet (git and amqp do)")
+	}
 	h.logger = ctx.Logger()
 	if h.StatsName == "" {
 		h.StatsName = "default"

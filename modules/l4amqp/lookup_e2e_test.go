@@ -1,0 +1,36 @@
+package l4amqp_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
+)
+
+// TestLookupFileRoutesVhosts: vhosts routed by a TSV file keyed by
+// {l4.amqp.vhost}: each vhost reaches its own address, and a vhost the
+// table does not hold gets Close 530 saying there is no route for it.
+func TestLookupFileRoutesVhosts(t *testing.T) {
+	watched, events := watchedBroker(t)
+	routes := filepath.Join(t.TempDir(), "vhost-routes.tsv")
+	table := e2e.VhostA + "\t" + e2e.RabbitAddr + "\n" + e2e.VhostB + "\t" + watched + "\n"
+	if err := os.WriteFile(routes, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, addr := startProxy(t, map[string]any{"handler": "amqp", "default": map[string]any{
+		"lookup": map[string]any{"source": "file", "path": routes, "key": "{l4.amqp.vhost}"}}})
+
+	a := dial(t, e2e.URL(addr, e2e.VhostA))
+	roundTrip(t, a, 10)
+	expectNoEvent(t, events, 100*time.Millisecond) // vhost A went straight to RabbitMQ
+	_ = a.Close()
+
+	b := dial(t, e2e.URL(addr, e2e.VhostB))
+	expectEvent(t, events, "open") // vhost B through the watched address
+	roundTrip(t, b, 10)
+	_ = b.Close()
+
+	refusal(t, e2e.URL(addr, "nowhere"), 530, `NOT_ALLOWED - no route for vhost nowhere: no route for key "nowhere"`, 2*time.Second)
+}
