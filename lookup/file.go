@@ -1,7 +1,6 @@
 package lookup
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -98,7 +97,7 @@ func (f *File) reload() error {
 	if len(b) > 0 && b[len(b)-1] != '\n' {
 		return f.fail(fmt.Errorf("%s: the last line has no newline: the file is incomplete (being written, or truncated)", f.path))
 	}
-	t, err := ParseTSV(bytes.NewReader(b))
+	t, err := ParseTSVBytes(b)
 	if err != nil {
 		return f.fail(fmt.Errorf("%s: %w", f.path, err))
 	}

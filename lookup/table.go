@@ -5,7 +5,6 @@
 package lookup
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // MaxKeyLen bounds a key, in a table and in a lookup: longer keys are
@@ -23,8 +23,9 @@ const MaxKeyLen = 1024
 const maxLineLen = 64 << 10
 
 // A Table is an immutable key → addresses map, compact enough for millions
-// of keys: every key and value lives in one byte arena, and the map holds
-// only the key (a string over the arena) and the value's position in it.
+// of keys: every key and value lives in one byte arena (the table's own
+// text), and the map holds only the key (a string over the arena) and the
+// value's position in it.
 type Table struct {
 	arena string
 	index map[string]span
@@ -55,15 +56,33 @@ func (t *Table) Lookup(key string) ([]string, bool) {
 // that a half-written file never replaces a good table. A key listed twice
 // is an error too.
 func ParseTSV(r io.Reader) (*Table, error) {
-	var arena bytes.Buffer
-	type entry struct {
-		key, val span
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
 	}
-	var entries []entry
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxLineLen)
-	for n := 1; sc.Scan(); n++ {
-		line := bytes.TrimRight(sc.Bytes(), "\r")
+	return ParseTSVBytes(b)
+}
+
+// ParseTSVBytes is ParseTSV over the bytes of a whole table, which it takes
+// over: the table's keys and addresses are the bytes themselves (no copy),
+// so the caller must not change them afterwards.
+func ParseTSVBytes(b []byte) (*Table, error) {
+	if len(b) > 1<<32-1 {
+		return nil, errors.New("the table is larger than 4 GiB")
+	}
+	arena := unsafe.String(unsafe.SliceData(b), len(b))
+	t := &Table{arena: arena, index: make(map[string]span, bytes.Count(b, []byte{'\n'})+1)}
+	for n, off := 1, 0; off < len(b); n++ {
+		end := bytes.IndexByte(b[off:], '\n')
+		if end < 0 {
+			end = len(b) - off
+		}
+		if end > maxLineLen {
+			return nil, fmt.Errorf("line %d: longer than %d bytes", n, maxLineLen)
+		}
+		line := bytes.TrimRight(b[off:off+end], "\r")
+		lineOff := off
+		off += end + 1
 		if len(bytes.TrimSpace(line)) == 0 || line[0] == '#' {
 			continue
 		}
@@ -74,28 +93,11 @@ func ParseTSV(r io.Reader) (*Table, error) {
 		if err := checkEntry(key, val); err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
-		if arena.Len()+len(key)+len(val) > 1<<32-1 {
-			return nil, fmt.Errorf("line %d: the table is larger than 4 GiB", n)
+		k := arena[lineOff : lineOff+len(key)]
+		if _, dup := t.index[k]; dup {
+			return nil, fmt.Errorf("line %d: key %q is listed twice", n, k)
 		}
-		k := span{uint32(arena.Len()), uint32(len(key))}
-		arena.Write(key)
-		v := span{uint32(arena.Len()), uint32(len(val))}
-		arena.Write(val)
-		entries = append(entries, entry{k, v})
-	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			err = fmt.Errorf("a line is longer than %d bytes", maxLineLen)
-		}
-		return nil, err
-	}
-	t := &Table{arena: arena.String(), index: make(map[string]span, len(entries))}
-	for i, e := range entries {
-		key := t.arena[e.key.off : e.key.off+e.key.len]
-		if _, dup := t.index[key]; dup {
-			return nil, fmt.Errorf("key %q is listed twice (entry %d)", key, i+1)
-		}
-		t.index[key] = e.val
+		t.index[k] = span{uint32(lineOff + len(key) + 1), uint32(len(val))}
 	}
 	return t, nil
 }
