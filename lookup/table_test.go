@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -238,4 +239,65 @@ func BenchmarkLookup1M(b *testing.B) {
 			b.Fatal("miss")
 		}
 	}
+}
+
+// lookupLatencies times n lookups of random keys in tb, one by one.
+func lookupLatencies(tb *Table, n int) []time.Duration {
+	out := make([]time.Duration, n)
+	for i := range out {
+		key := fmt.Sprintf("owner%07d", (i*7919)%1_000_000)
+		start := time.Now()
+		if _, ok := tb.Lookup(key); !ok {
+			panic("miss: " + key)
+		}
+		out[i] = time.Since(start)
+	}
+	return out
+}
+
+func percentile(d []time.Duration, q float64) float64 {
+	s := append([]time.Duration(nil), d...)
+	slices.Sort(s)
+	return float64(s[int(q*float64(len(s)-1))]) / float64(time.Microsecond)
+}
+
+// BenchmarkLookupLatency1M: the p99 and the worst of single lookups in a
+// table of a million keys, alone and while the whole table is parsed again
+// and again beside them (a reload: its allocation and garbage collection
+// are what could stall a connection setup).
+func BenchmarkLookupLatency1M(b *testing.B) {
+	data := millionKeys(1_000_000)
+	tb, err := ParseTSV(bytes.NewReader(data))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var quiet, reloading []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		quiet = append(quiet, lookupLatencies(tb, 200_000)...)
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := ParseTSVBytes(append([]byte(nil), data...)); err != nil {
+					panic(err)
+				}
+			}
+		}()
+		reloading = append(reloading, lookupLatencies(tb, 200_000)...)
+		close(stop)
+		<-done
+	}
+	b.ReportMetric(percentile(quiet, 0.99), "p99-us")
+	b.ReportMetric(percentile(quiet, 1), "max-us")
+	b.ReportMetric(percentile(quiet, 0.999), "p99.9-us")
+	b.ReportMetric(percentile(reloading, 0.99), "reloading-p99-us")
+	b.ReportMetric(percentile(reloading, 0.999), "reloading-p99.9-us")
+	b.ReportMetric(percentile(reloading, 1), "reloading-max-us")
 }
