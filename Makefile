@@ -55,6 +55,8 @@ bench: test-deps bench-deps build
 	$(GO) test -run '^$$' -bench 'Observe16|Track16' -count 3 ./amqp/
 	@echo "== the Foo analyser alone, per message"
 	$(GO) test -run '^$$' -bench Analyze -count 3 ./foo/
+	@echo "== lookup tables of a million keys: load, heap, lookup latency alone and beside reloads"
+	$(GO) test -run '^$$' -bench . -benchtime 3x -count 2 ./lookup/
 	@echo "== the relay's copy against splice(2), bulk and round trips"
 	$(GO) test -run '^$$' -bench 'Copy|RoundTrip' -count 3 ./modules/relay/
 	@echo "== in process, all CPUs shared"
