@@ -79,14 +79,14 @@ func (f *Farm) DialSticky(ctx context.Context, client net.Addr, key string, atte
 }
 
 func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
-	routed, err := f.lookupMembers(ctx)
+	routed, only, err := f.connectionMembers(ctx)
 	if err != nil {
 		return nil, err
 	}
 	tryUntil := time.Now().Add(time.Duration(f.LBTryDuration))
 	noMember := &NoMemberError{}
 	for {
-		order, resolveErrs := f.candidates(ctx, client, key, routed)
+		order, resolveErrs := f.candidates(ctx, client, key, routed, only)
 		noMember.Tried = append(noMember.Tried, resolveErrs...)
 		for _, m := range order {
 			if f.MaxConnections > 0 && m.Active() >= int64(f.MaxConnections) {
@@ -202,10 +202,13 @@ func trimOpError(err error) error {
 
 // candidates returns the members in the order to try them: healthy members in
 // policy order, then members sitting out a failure as a last resort.
-func (f *Farm) candidates(ctx context.Context, client net.Addr, key string, routed []*Member) ([]*Member, []string) {
+// routed are the connection's own members (connectionMembers): with only,
+// they are all of them; else they join the static members.
+func (f *Farm) candidates(ctx context.Context, client net.Addr, key string, routed []*Member, only bool) ([]*Member, []string) {
 	all, errs := routed, []string(nil)
-	if routed == nil {
+	if !only {
 		all, errs = f.Members(ctx)
+		all = append(all, routed...)
 	}
 	now := time.Now()
 	var healthy, failed []*Member

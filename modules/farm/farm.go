@@ -87,16 +87,18 @@ type Farm struct {
 	cancel context.CancelFunc
 
 	targets []target
-	policy  policy
-	dns     *net.Resolver
-	mu      sync.Mutex
-	names   map[string]resolution // DNS name -> last answers
-	current map[string]bool       // the member set of the last Members call
-	known   map[string]*Member    // members this farm holds a pool reference for
-	rr      atomic.Uint64
-	ctx     caddy.Context
-	events  *caddyevents.App
-	logger  *zap.Logger
+	// to addresses with placeholders, expanded per connection (templates.go)
+	templates []string
+	policy    policy
+	dns       *net.Resolver
+	mu        sync.Mutex
+	names     map[string]resolution // DNS name -> last answers
+	current   map[string]bool       // the member set of the last Members call
+	known     map[string]*Member    // members this farm holds a pool reference for
+	rr        atomic.Uint64
+	ctx       caddy.Context
+	events    *caddyevents.App
+	logger    *zap.Logger
 }
 
 type target struct {
@@ -179,6 +181,7 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	}
 	f.policy = policies[f.policyName()]
 	f.targets = f.targets[:0]
+	f.templates = f.templates[:0]
 	opts := map[string]memberOpts{}
 	addrs := append([]string(nil), f.To...)
 	for _, u := range f.Upstreams {
@@ -195,6 +198,10 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 		}
 	}
 	for _, a := range addrs {
+		if isTemplate(a) {
+			f.templates = append(f.templates, a)
+			continue
+		}
 		if name, ok := strings.CutPrefix(a, "srv+"); ok {
 			f.targets = append(f.targets, target{srv: name, opts: opts[a]})
 			continue
@@ -257,7 +264,15 @@ func (f *Farm) Validate() error {
 	for _, u := range f.Upstreams {
 		all = append(all, u.Address)
 	}
+	for _, u := range f.Upstreams {
+		if isTemplate(u.Address) {
+			return fmt.Errorf("upstream %s: placeholders are for to addresses only", u.Address)
+		}
+	}
 	for _, a := range all {
+		if isTemplate(a) {
+			continue // checked per connection, once expanded
+		}
 		if name, ok := strings.CutPrefix(a, "srv+"); ok {
 			if !strings.HasPrefix(name, "_") || strings.Contains(name, ":") {
 				return fmt.Errorf("to: %q is not srv+_service._proto.name", a)

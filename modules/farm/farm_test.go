@@ -147,7 +147,7 @@ func TestFailoverAndPassiveFailure(t *testing.T) {
 		t.Fatalf("failure marks: dead=%v live=%v", ms[0].Failed(time.Now()), ms[1].Failed(time.Now()))
 	}
 	// The failed member now goes last, even under "first".
-	order, _ := f.candidates(context.Background(), nil, "", nil)
+	order, _ := f.candidates(context.Background(), nil, "", nil, false)
 	if !reflect.DeepEqual(addrs(order), []string{live, dead}) {
 		t.Fatalf("candidate order %v", addrs(order))
 	}

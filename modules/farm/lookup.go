@@ -88,11 +88,7 @@ func (l *Lookup) provision(ctx context.Context, logger *zap.Logger) error {
 // resolve returns the addresses for the connection in ctx (its
 // placeholders, WithReplacer), or ok false on a miss.
 func (l *Lookup) resolve(ctx context.Context) (key string, addrs []string, ok bool, err error) {
-	repl, _ := ctx.Value(replacerKey{}).(*caddy.Replacer)
-	if repl == nil {
-		repl = caddy.NewReplacer()
-	}
-	key = repl.ReplaceAll(l.Key, "")
+	key = replacerOf(ctx).ReplaceAll(l.Key, "")
 	switch {
 	case key == "":
 		return key, nil, false, &NoRouteError{Key: key, Reason: "the key is empty"}
@@ -105,33 +101,50 @@ func (l *Lookup) resolve(ctx context.Context) (key string, addrs []string, ok bo
 
 type replacerKey struct{}
 
+// replacerOf is the connection's replacer (WithReplacer), or one with the
+// global placeholders only.
+func replacerOf(ctx context.Context) *caddy.Replacer {
+	if repl, ok := ctx.Value(replacerKey{}).(*caddy.Replacer); ok && repl != nil {
+		return repl
+	}
+	return caddy.NewReplacer()
+}
+
 // WithReplacer gives Dial the connection's placeholders, from which a
 // lookup builds its key.
 func WithReplacer(ctx context.Context, repl *caddy.Replacer) context.Context {
 	return context.WithValue(ctx, replacerKey{}, repl)
 }
 
-// lookupMembers is the members a lookup routes the connection to: nil
-// without a lookup or on a miss that falls through to To.
-func (f *Farm) lookupMembers(ctx context.Context) ([]*Member, error) {
-	if f.Lookup == nil {
-		return nil, nil
-	}
-	key, addrs, ok, err := f.Lookup.resolve(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		if len(f.targets) == 0 {
-			return nil, &NoRouteError{Key: key}
+// connectionMembers is the members that depend on the connection: a
+// lookup's answer, which replaces the farm's other members (only is true),
+// or to addresses with placeholders, expanded, which join the static ones.
+// Both nil: the static members only.
+func (f *Farm) connectionMembers(ctx context.Context) (ms []*Member, only bool, err error) {
+	if f.Lookup != nil {
+		key, addrs, ok, err := f.Lookup.resolve(ctx)
+		if err != nil {
+			return nil, false, err
 		}
-		return nil, nil
+		if ok {
+			out := make([]*Member, 0, len(addrs))
+			for _, a := range addrs {
+				out = append(out, transientMember(a))
+			}
+			return out, true, nil
+		}
+		if len(f.targets) == 0 && len(f.templates) == 0 {
+			return nil, false, &NoRouteError{Key: key}
+		}
 	}
-	out := make([]*Member, 0, len(addrs))
-	for _, a := range addrs {
-		out = append(out, transientMember(a))
+	for _, tmpl := range f.templates {
+		addr, err := expandAddress(ctx, tmpl)
+		if err != nil {
+			return nil, false, err
+		}
+		ms = append(ms, transientMember(addr))
 	}
-	return out, nil
+	return ms, false, nil
 }
 
 // transientMember is a member for an address a lookup returned: it shares

@@ -55,11 +55,12 @@ func startOkGate(g *gates) chan struct{} { return g.startOk }
 func openGate(g *gates) chan struct{}    { return g.opened }
 
 // earlyFarm is the farm every session of h reaches, if it can be known
-// before the client's Open: only a default farm, without a lookup, no vhost
+// before the client's Open: only a default farm whose members do not depend
+// on the connection (no lookup, no placeholders in its addresses), no vhost
 // blocks, no connection limits (a client a limit refuses must never reach
 // a broker).
 func (h *Handler) earlyFarm() *farm.Farm {
-	if len(h.Routes) > 0 || h.Default == nil || h.Default.Lookup != nil ||
+	if len(h.Routes) > 0 || h.Default == nil || h.Default.PerConnection() ||
 		h.Limits != nil && (h.Limits.MaxConnections > 0 || h.Limits.rateN > 0) {
 		return nil
 	}

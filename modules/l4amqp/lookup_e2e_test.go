@@ -3,6 +3,7 @@ package l4amqp_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,4 +34,20 @@ func TestLookupFileRoutesVhosts(t *testing.T) {
 	_ = b.Close()
 
 	refusal(t, e2e.URL(addr, "nowhere"), 530, `NOT_ALLOWED - no route for vhost nowhere: no route for key "nowhere"`, 2*time.Second)
+}
+
+// TestPlaceholdersInTo: a broker address built per connection from
+// placeholders; a value that would change the address's shape (the vhost
+// "/" here) gets Close 530 and is never dialed.
+func TestPlaceholdersInTo(t *testing.T) {
+	host, port, _ := strings.Cut(e2e.RabbitAddr, ":")
+	t.Setenv("PRELUDE_TEST_BROKER_HOST", host)
+	_, addr := startProxy(t, map[string]any{"handler": "amqp", "routes": []any{
+		map[string]any{"vhosts": []string{e2e.VhostA}, "to": []string{"{env.PRELUDE_TEST_BROKER_HOST}:" + port}},
+		map[string]any{"vhosts": []string{"/"}, "to": []string{"{l4.amqp.vhost}.brokers.internal:" + port}},
+	}})
+	conn := dial(t, e2e.URL(addr, e2e.VhostA))
+	roundTrip(t, conn, 10)
+	_ = conn.Close()
+	refusal(t, e2e.URL(addr, "/"), 530, `NOT_ALLOWED - no route for vhost /: no route for key "{l4.amqp.vhost}.brokers.internal:`+port+`": placeholder {l4.amqp.vhost} is "/", with '/'`, 2*time.Second)
 }

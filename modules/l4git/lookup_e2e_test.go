@@ -120,3 +120,35 @@ func TestLookupMissFallsThroughToTo(t *testing.T) {
 		t.Fatalf("carol through the default: %q (%s), want %s", got, errOut, head)
 	}
 }
+
+// TestPlaceholdersInTo: a to address built from the request per connection
+// (here the owner is the server's host); a placeholder that is empty or
+// would change the address's shape is refused with ERR, never dialed.
+func TestPlaceholdersInTo(t *testing.T) {
+	e2e.RequireGit(t)
+	base := t.TempDir()
+	d := e2e.StartGitDaemon(t, base)
+	host, port, _ := strings.Cut(d.Addr, ":")
+	head := e2e.MakeBareRepo(t, filepath.Join(base, host, "x.git"), 2)
+	proxy := e2e.FreePort(t)
+	startRoutes(t, proxy, `
+			route {
+				git {
+					to {l4.git.owner}:`+port+`
+				}
+			}
+`)
+	if got, errOut := lsHead(t, "git://"+proxy+"/"+host+"/x.git"); got != head {
+		t.Fatalf("owner %s: %q (%s), want %s", host, got, errOut, head)
+	}
+	for repo, want := range map[string]string{
+		"/x.git":             `placeholder {l4.git.owner} is empty`,
+		"/bad@x/x.git":       `placeholder {l4.git.owner} is "bad@x", with '@'`,
+		"/10.0.0.1:22/x.git": `is "10.0.0.1:22", with ':'`,
+	} {
+		_, errOut := lsHead(t, "git://"+proxy+repo)
+		if !strings.Contains(errOut, "remote error: no route for repository "+repo) || !strings.Contains(errOut, want) {
+			t.Errorf("%s: %s, want ERR naming the repository and %s", repo, errOut, want)
+		}
+	}
+}

@@ -1,0 +1,63 @@
+package farm
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddyprelude/prelude/lookup"
+)
+
+// isTemplate reports whether a to address holds placeholders, to be
+// expanded per connection.
+func isTemplate(addr string) bool { return strings.Contains(addr, "{") }
+
+// expandAddress expands a to address's placeholders with the connection's
+// values (WithReplacer). A value that is empty or holds a character that
+// would change the address's shape (':' '/' '@' '[' ']' '{' '}' or white
+// space), and an expansion that is not host:port, are refused with a
+// NoRouteError: such an address is never dialed.
+func expandAddress(ctx context.Context, tmpl string) (string, error) {
+	addr, err := replacerOf(ctx).ReplaceFunc(tmpl, func(name string, val any) (any, error) {
+		s := caddy.ToString(val)
+		if val == nil || s == "" {
+			return nil, fmt.Errorf("placeholder {%s} is empty", name)
+		}
+		if i := strings.IndexAny(s, ":/@[]{} \t\r\n"); i >= 0 {
+			return nil, fmt.Errorf("placeholder {%s} is %q, with %q", name, s, s[i])
+		}
+		return s, nil
+	})
+	if err != nil {
+		return "", &NoRouteError{Key: tmpl, Reason: err.Error()}
+	}
+	if isTemplate(addr) {
+		return "", &NoRouteError{Key: tmpl, Reason: "a placeholder has no value"}
+	}
+	if err := lookup.CheckAddress(addr); err != nil {
+		return "", &NoRouteError{Key: addr, Reason: err.Error()}
+	}
+	return addr, nil
+}
+
+// PerConnection reports whether the farm's members depend on the
+// connection (a lookup, or to addresses with placeholders): then they are
+// known only once the connection's placeholders are.
+func (f *Farm) PerConnection() bool {
+	if f.Lookup != nil {
+		return true
+	}
+	for _, a := range f.To {
+		if isTemplate(a) {
+			return true
+		}
+	}
+	for _, u := range f.Upstreams {
+		if isTemplate(u.Address) {
+			return true
+		}
+	}
+	return false
+}
