@@ -65,8 +65,8 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults, provisions the farm and joins the stats set.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	if h.Lookup != nil {
-		return errors.New("lookup: the foo handler does not route by lookup yet (git and amqp do)")
+	if h.PerConnection() {
+		return errors.New("lookup, placeholders in to: the foo handler does not route per connection yet (git and amqp do)")
 	}
 	h.logger = ctx.Logger()
 	if h.StatsName == "" {

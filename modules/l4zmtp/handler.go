@@ -81,8 +81,8 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults and provisions the farm.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	if h.Lookup != nil {
-		return errors.New("lookup: the zmtp handler does not route by lookup yet (git and amqp do)")
+	if h.PerConnection() {
+		return errors.New("lookup, placeholders in to: the zmtp handler does not route per connection yet (git and amqp do)")
 	}
 	relay.RegisterMetrics(ctx.GetMetricsRegistry())
 	h.logger = ctx.Logger()
