@@ -328,3 +328,33 @@ func TestDialStickyKeepsKeyAndFallsBack(t *testing.T) {
 		t.Fatalf("fallback %q, %v", fallback, err)
 	}
 }
+
+// TestExpandAddressShowsOnlyClientValues: a refused expansion names the
+// template and the client's own bad value, never an operator's value (an
+// internal host, say) or the expanded address.
+func TestExpandAddressShowsOnlyClientValues(t *testing.T) {
+	t.Setenv("PRELUDE_TEST_INTERNAL", "db.internal:5432")
+	repl := caddy.NewReplacer()
+	repl.Set("l4.git.owner", "bad@x")
+	ctx := WithReplacer(context.Background(), repl)
+	for tmpl, want := range map[string]string{
+		"{l4.git.owner}:9418":         `placeholder {l4.git.owner} is "bad@x", with '@'`,
+		"{env.PRELUDE_TEST_INTERNAL}": `placeholder {env.PRELUDE_TEST_INTERNAL} has a value with ':'`,
+		"{l4.git.missing}:9418":       `placeholder {l4.git.missing} is empty`,
+		"host{l4.git.owner}":          `is "bad@x"`,
+	} {
+		_, err := expandAddress(ctx, tmpl)
+		var nr *NoRouteError
+		if !errors.As(err, &nr) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "db.internal") {
+			t.Errorf("%s: %v, want a NoRouteError with %q and no internal value", tmpl, err, want)
+		}
+	}
+	repl.Set("l4.git.owner", "alice")
+	t.Setenv("PRELUDE_TEST_INTERNAL", "db.internal")
+	if _, err := expandAddress(ctx, "{env.PRELUDE_TEST_INTERNAL}"); err == nil || strings.Contains(err.Error(), "db.internal") {
+		t.Errorf("an expansion without a port: %v, want a refusal that does not show it", err)
+	}
+	if addr, err := expandAddress(ctx, "{l4.git.owner}.git.internal:9418"); err != nil || addr != "alice.git.internal:9418" {
+		t.Errorf("good expansion: %q, %v", addr, err)
+	}
+}
