@@ -110,8 +110,13 @@ var (
 	sessions   = map[uint64]*liveSession{}
 )
 
+// newSessionID numbers a session before it is listed.
+func newSessionID() uint64 { return sessionSeq.Add(1) }
+
+// addSession lists l. Its fields that readers of the list use (info, watch)
+// must be set before: the list is read by the admin API and by metric
+// scrapes on other goroutines.
 func addSession(l *liveSession) {
-	l.info.ID = sessionSeq.Add(1)
 	sessionsMu.Lock()
 	sessions[l.info.ID] = l
 	sessionsMu.Unlock()

@@ -332,9 +332,10 @@ func (s *session) routeAndRelay() string {
 		ConnectionName: s.startOk.ClientProperties.String("connection_name"),
 		Upstream:       upstream, Route: label, Started: time.Now(),
 	}}
+	l.info.ID = newSessionID()
+	l.watch = newWatch(s.meta(l, lease.Conn.RemoteAddr(), openOk), s.h.statsOn(), s.h.StatsObjects > 0)
 	addSession(l)
 	defer removeSession(l.info.ID)
-	l.watch = newWatch(s.meta(l, lease.Conn.RemoteAddr(), openOk), s.h.statsOn(), s.h.StatsObjects > 0)
 	if l.watch != nil {
 		addWatch(l.watch)
 		defer removeWatch(l.watch)
