@@ -3,6 +3,7 @@ package farm
 import (
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddyprelude/prelude/modules/internal/cfutil"
@@ -34,6 +35,14 @@ import (
 //	lookup file <path> {
 //		key <placeholders>
 //		refresh <duration>
+//	}
+//	lookup http|redis <url> {
+//		key <placeholders>
+//		ttl|negative_ttl|timeout <duration>
+//		stale <duration>|off
+//		max_entries <n>
+//		prefix <string>   # redis
+//		hash <key>        # redis
 //	}
 func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	opt := d.Val()
@@ -115,33 +124,81 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	return true, nil
 }
 
-// unmarshalLookup parses `lookup file <path> { key …; refresh … }`.
+// unmarshalLookup parses
+//
+//	lookup file <path> { key …; refresh … }
+//	lookup http <url> { key …; ttl …; negative_ttl …; stale …|off; timeout …; max_entries … }
+//	lookup redis <url> { key …; prefix …; hash …; (the http cache options) }
 func (f *Farm) unmarshalLookup(d *caddyfile.Dispenser) error {
 	l := &Lookup{}
 	if !d.NextArg() {
 		return d.ArgErr()
 	}
 	l.Source = d.Val()
-	if l.Source != "file" {
-		return d.Errf("lookup: unknown source %q (want file)", l.Source)
+	where := &l.URL
+	switch l.Source {
+	case "file":
+		where = &l.Path
+	case "http", "redis":
+	default:
+		return d.Errf("lookup: unknown source %q (want file, http or redis)", l.Source)
 	}
-	if err := cfutil.OneArg(d, &l.Path); err != nil {
+	if err := cfutil.OneArg(d, where); err != nil {
 		return err
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch sub := d.Val(); sub {
-		case "key":
-			if err := cfutil.OneArg(d, &l.Key); err != nil {
-				return err
-			}
-		case "refresh":
-			if err := cfutil.Duration(d, &l.Refresh); err != nil {
-				return err
-			}
-		default:
-			return d.Errf("lookup: unknown option %q", sub)
+		if err := l.unmarshalOption(d); err != nil {
+			return err
 		}
 	}
 	f.Lookup = l
 	return nil
+}
+
+func (l *Lookup) unmarshalOption(d *caddyfile.Dispenser) error {
+	sub := d.Val()
+	cached := l.Source != "file"
+	switch {
+	case sub == "key":
+		return cfutil.OneArg(d, &l.Key)
+	case sub == "refresh" && l.Source == "file":
+		return cfutil.Duration(d, &l.Refresh)
+	case sub == "prefix" && l.Source == "redis":
+		return cfutil.OneArg(d, &l.Prefix)
+	case sub == "hash" && l.Source == "redis":
+		return cfutil.OneArg(d, &l.Hash)
+	case sub == "ttl" && cached:
+		return cfutil.Duration(d, &l.TTL)
+	case sub == "negative_ttl" && cached:
+		return cfutil.Duration(d, &l.NegativeTTL)
+	case sub == "timeout" && cached:
+		return cfutil.Duration(d, &l.Timeout)
+	case sub == "stale" && cached:
+		var v string
+		if err := cfutil.OneArg(d, &v); err != nil {
+			return err
+		}
+		if v == "off" {
+			l.Stale = -1
+			return nil
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil {
+			return d.Errf("stale: %v", err)
+		}
+		l.Stale = caddy.Duration(dur)
+		return nil
+	case sub == "max_entries" && cached:
+		var n string
+		if err := cfutil.OneArg(d, &n); err != nil {
+			return err
+		}
+		v, err := strconv.Atoi(n)
+		if err != nil || v < 1 {
+			return d.Errf("lookup: max_entries %q is not a positive number", n)
+		}
+		l.MaxEntries = v
+		return nil
+	}
+	return d.Errf("lookup %s: unknown option %q", l.Source, sub)
 }

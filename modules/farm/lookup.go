@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -14,29 +16,67 @@ import (
 
 // Lookup routes each connection by a key looked up in a routing table
 // instead of a fixed list of addresses: a hit is the farm's members for
-// that connection, a miss falls through to To (the default) or, without
-// To, is refused with a NoRouteError naming the key.
+// that connection (or a refusal with a reason), a miss falls through to
+// To (the default) or, without To, is refused with a NoRouteError naming
+// the key.
 //
-// Sources: "file", a TSV file of `key<TAB>address[,address…]` lines read
-// again within Refresh of being replaced (lookup.File).
+// Sources:
+//   - "file": a TSV file of `key<TAB>address[,address…]` lines, read again
+//     within Refresh of being replaced (lookup.File);
+//   - "http": GET URL with {key} replaced, answering JSON (lookup.HTTP);
+//   - "redis": the string Prefix+key, or the field key of Hash
+//     (lookup.Redis), invalidated by keyspace notifications.
+//
+// http and redis answers are kept in a lookup.Cache (TTL, NegativeTTL,
+// Stale, Timeout, MaxEntries).
 type Lookup struct {
-	// Where the table comes from: "file".
+	// Where the table comes from: "file", "http" or "redis".
 	Source string `json:"source"`
 	// The table's path, for "file".
 	Path string `json:"path,omitempty"`
+	// The service: for "http" a URL template holding {key}; for "redis"
+	// redis://[user:password@]host:port[/db].
+	URL string `json:"url,omitempty"`
 	// The key, with placeholders: "{l4.git.owner}", say.
 	Key string `json:"key"`
 	// How often the file is checked for changes. Default 250ms.
 	Refresh caddy.Duration `json:"refresh,omitempty"`
+	// For "redis": the string key read is Prefix+key (default
+	// "prelude:route:"), unless Hash is set: then the field key of the
+	// hash Hash.
+	Prefix string `json:"prefix,omitempty"`
+	Hash   string `json:"hash,omitempty"`
+	// The cache of "http" and "redis" answers: how long an answer is used
+	// (default 30s), how long "no such key" is (default 5s), how long an
+	// expired answer is still served while the service fails (default
+	// 1m; -1 never), how long one request may take (default 1s), and the
+	// most keys kept (default 100000).
+	TTL         caddy.Duration `json:"ttl,omitempty"`
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
+	Stale       caddy.Duration `json:"stale,omitempty"`
+	Timeout     caddy.Duration `json:"timeout,omitempty"`
+	MaxEntries  int            `json:"max_entries,omitempty"`
 
-	file *lookup.File
+	file   *lookup.File
+	cache  *lookup.Cache
+	where  string // the source, for logs and the admin API, without secrets
+	logger *zap.Logger
 }
 
-// DefaultLookupRefresh is how often a lookup file is checked for changes.
-const DefaultLookupRefresh = 250 * time.Millisecond
+// Lookup defaults.
+const (
+	DefaultLookupRefresh     = 250 * time.Millisecond
+	DefaultLookupTTL         = 30 * time.Second
+	DefaultLookupNegativeTTL = 5 * time.Second
+	DefaultLookupStale       = time.Minute
+	DefaultLookupTimeout     = time.Second
+	DefaultLookupMaxEntries  = 100_000
+	DefaultRedisPrefix       = "prelude:route:"
+)
 
 // NoRouteError is a connection whose key the lookup does not hold, with
-// no default to fall through to, or whose key is unusable.
+// no default to fall through to, or whose key is unusable, or whose
+// lookup failed.
 type NoRouteError struct {
 	Key    string
 	Reason string // why, when the key itself is the problem
@@ -49,23 +89,72 @@ func (e *NoRouteError) Error() string {
 	return fmt.Sprintf("no route for key %q", e.Key)
 }
 
+// RefusedError is a connection the lookup's answer refuses, with the
+// answer's reason, to be told to the client (AMQP: Close 403; git: ERR).
+type RefusedError struct {
+	Key    string
+	Reason string
+}
+
+func (e *RefusedError) Error() string { return e.Reason }
+
 func (l *Lookup) validate() error {
 	switch {
-	case l.Source != "file":
-		return fmt.Errorf("lookup: unknown source %q (want file)", l.Source)
-	case l.Path == "":
-		return errors.New("lookup file: a path is required")
 	case l.Key == "":
 		return errors.New("lookup: a key is required, e.g. key {l4.git.owner}")
-	case l.Refresh < 0:
-		return errors.New("lookup: refresh must not be negative")
+	case l.Refresh < 0 || l.TTL < 0 || l.NegativeTTL < 0 || l.Timeout < 0 || l.MaxEntries < 0 || l.Stale < -1:
+		return errors.New("lookup: durations and max_entries must not be negative (stale -1 turns it off)")
+	}
+	switch l.Source {
+	case "file":
+		if l.Path == "" {
+			return errors.New("lookup file: a path is required")
+		}
+	case "http", "redis":
+		if l.URL == "" {
+			return fmt.Errorf("lookup %s: a URL is required", l.Source)
+		}
+	default:
+		return fmt.Errorf("lookup: unknown source %q (want file, http or redis)", l.Source)
 	}
 	return nil
 }
 
-// provision reads the table (a config with a table that cannot be read
-// does not load) and watches it for the config's lifetime.
+// provision reads the table or connects to the service (a config with a
+// table that cannot be read does not load; a service that is down does
+// not stop the load) and watches it for the config's lifetime.
 func (l *Lookup) provision(ctx context.Context, logger *zap.Logger) error {
+	l.logger = logger
+	if l.Source == "file" {
+		return l.provisionFile(ctx)
+	}
+	cfg := lookup.CacheConfig{
+		TTL:         orDefault(l.TTL, DefaultLookupTTL),
+		NegativeTTL: orDefault(l.NegativeTTL, DefaultLookupNegativeTTL),
+		Stale:       orDefault(l.Stale, DefaultLookupStale),
+		Timeout:     orDefault(l.Timeout, DefaultLookupTimeout),
+		MaxEntries:  l.MaxEntries,
+	}
+	if l.Stale < 0 {
+		cfg.Stale = 0
+	}
+	if cfg.MaxEntries == 0 {
+		cfg.MaxEntries = DefaultLookupMaxEntries
+	}
+	if l.Source == "http" {
+		return l.provisionHTTP(cfg)
+	}
+	return l.provisionRedis(ctx, cfg)
+}
+
+func orDefault(d caddy.Duration, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+func (l *Lookup) provisionFile(ctx context.Context) error {
 	if l.Refresh == 0 {
 		l.Refresh = caddy.Duration(DefaultLookupRefresh)
 	}
@@ -75,28 +164,102 @@ func (l *Lookup) provision(ctx context.Context, logger *zap.Logger) error {
 	}
 	f.Loaded = func(t *lookup.Table, err error) {
 		if err != nil {
-			logger.Error("lookup file not reloaded: keeping the last good table", zap.String("path", l.Path), zap.Error(err))
+			l.logger.Error("lookup file not reloaded: keeping the last good table", zap.String("path", l.Path), zap.Error(err))
 			return
 		}
-		logger.Info("lookup file reloaded", zap.String("path", l.Path), zap.Int("keys", t.Len()))
+		l.logger.Info("lookup file reloaded", zap.String("path", l.Path), zap.Int("keys", t.Len()))
 	}
 	l.file = f
+	l.where = l.Path
 	go f.Watch(ctx, time.Duration(l.Refresh))
 	return nil
 }
 
-// resolve returns the addresses for the connection in ctx (its
-// placeholders, WithReplacer), or ok false on a miss.
-func (l *Lookup) resolve(ctx context.Context) (key string, addrs []string, ok bool, err error) {
+// lookupTransport is shared by every http lookup: connections to a
+// service are kept and reused across keys and config reloads.
+var lookupTransport = &http.Transport{
+	Proxy:               nil, // the service is the operator's own; no HTTP_PROXY detour
+	DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+	MaxIdleConns:        256,
+	MaxIdleConnsPerHost: 64,
+	IdleConnTimeout:     90 * time.Second,
+	ForceAttemptHTTP2:   true,
+}
+
+func (l *Lookup) provisionHTTP(cfg lookup.CacheConfig) error {
+	h, err := lookup.NewHTTP(l.URL, &http.Client{Transport: lookupTransport,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }})
+	if err != nil {
+		return err
+	}
+	l.where = h.String()
+	l.cache, err = lookup.NewCache(cfg, h.Fetch)
+	if err != nil {
+		return fmt.Errorf("lookup http: %w", err)
+	}
+	return nil
+}
+
+func (l *Lookup) provisionRedis(ctx context.Context, cfg lookup.CacheConfig) error {
+	if l.Prefix == "" && l.Hash == "" {
+		l.Prefix = DefaultRedisPrefix
+	}
+	r, err := lookup.NewRedis(l.URL, l.Prefix, l.Hash)
+	if err != nil {
+		return err
+	}
+	l.where = r.String()
+	if l.cache, err = lookup.NewCache(cfg, r.Fetch); err != nil {
+		r.Close()
+		return fmt.Errorf("lookup redis: %w", err)
+	}
+	go func() {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		on, err := r.NotificationsOn(cctx)
+		cancel()
+		switch {
+		case err != nil:
+			l.logger.Warn("lookup redis: cannot tell whether keyspace notifications are on; route changes may take up to the ttl",
+				zap.String("redis", l.where), zap.Error(err))
+		case !on:
+			l.logger.Warn("lookup redis: keyspace notifications are off (notify-keyspace-events needs K and g$x, or KA); route changes take up to the ttl",
+				zap.String("redis", l.where))
+		}
+		r.Watch(ctx, l.cache, func(subscribed bool, err error) {
+			if err != nil {
+				l.logger.Warn("lookup redis: change notifications interrupted", zap.String("redis", l.where), zap.Error(err))
+			} else {
+				l.logger.Debug("lookup redis: subscribed to change notifications", zap.String("redis", l.where))
+			}
+		})
+		r.Close()
+	}()
+	return nil
+}
+
+// resolve returns the answer for the connection in ctx (its placeholders,
+// WithReplacer), or ok false on a miss.
+func (l *Lookup) resolve(ctx context.Context) (key string, ans lookup.Answer, ok bool, err error) {
 	key = replacerOf(ctx).ReplaceAll(l.Key, "")
 	switch {
 	case key == "":
-		return key, nil, false, &NoRouteError{Key: key, Reason: "the key is empty"}
+		return key, ans, false, &NoRouteError{Key: key, Reason: "the key is empty"}
 	case len(key) > lookup.MaxKeyLen:
-		return key[:64] + "…", nil, false, &NoRouteError{Key: key[:64] + "…", Reason: fmt.Sprintf("the key is longer than %d bytes", lookup.MaxKeyLen)}
+		return key[:64] + "…", ans, false, &NoRouteError{Key: key[:64] + "…", Reason: fmt.Sprintf("the key is longer than %d bytes", lookup.MaxKeyLen)}
 	}
-	addrs, ok = l.file.Table().Lookup(key)
-	return key, addrs, ok, nil
+	if l.file != nil {
+		ans.Addrs, ok = l.file.Table().Lookup(key)
+		return key, ans, ok, nil
+	}
+	ans, ok, _, err = l.cache.Get(ctx, key)
+	if err != nil {
+		l.logger.Warn("lookup failed", zap.String("source", l.Source), zap.String("where", l.where),
+			zap.String("key", key), zap.Error(err))
+		// The client learns that the lookup failed, not the service's
+		// address or its answer.
+		return key, ans, false, &NoRouteError{Key: key, Reason: "the route lookup failed"}
+	}
+	return key, ans, ok, nil
 }
 
 type replacerKey struct{}
@@ -122,13 +285,16 @@ func WithReplacer(ctx context.Context, repl *caddy.Replacer) context.Context {
 // Both nil: the static members only.
 func (f *Farm) connectionMembers(ctx context.Context) (ms []*Member, only bool, err error) {
 	if f.Lookup != nil {
-		key, addrs, ok, err := f.Lookup.resolve(ctx)
+		key, ans, ok, err := f.Lookup.resolve(ctx)
 		if err != nil {
 			return nil, false, err
 		}
+		if ok && ans.Refuse != "" {
+			return nil, false, &RefusedError{Key: key, Reason: ans.Refuse}
+		}
 		if ok {
-			out := make([]*Member, 0, len(addrs))
-			for _, a := range addrs {
+			out := make([]*Member, 0, len(ans.Addrs))
+			for _, a := range ans.Addrs {
 				out = append(out, transientMember(a))
 			}
 			return out, true, nil

@@ -311,7 +311,11 @@ func (s *session) routeAndRelay() string {
 	lease, openOk, after, err := s.dialBroker(f)
 	var nm *farm.NoMemberError
 	var nr *farm.NoRouteError
+	var rf *farm.RefusedError
 	switch {
+	case errors.As(err, &rf):
+		return s.fail(closeWith(outcomeRefused, amqp.ReplyAccessRefused,
+			"ACCESS_REFUSED - vhost %s: %s", vhost, rf.Reason))
 	case errors.As(err, &nr):
 		return s.fail(closeWith(outcomeUnrouted, amqp.ReplyNotAllowed,
 			"NOT_ALLOWED - no route for vhost %s: %s", vhost, nr.Error()))

@@ -111,6 +111,10 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if errors.As(err, &noRoute) {
 		return h.finish(cx, req, outcomeNoRoute, fmt.Sprintf("no route for repository %s (%s)", req.Path, noRoute.Error()))
 	}
+	var refused *farm.RefusedError
+	if errors.As(err, &refused) {
+		return h.finish(cx, req, outcomeLookupRefused, fmt.Sprintf("access to %s refused: %s", req.Path, refused.Reason))
+	}
 	if err != nil {
 		h.logger.Debug("git upstream unreachable", zap.String("remote", cx.RemoteAddr().String()),
 			zap.String("repo", req.Path), zap.Error(err))
@@ -181,7 +185,8 @@ const (
 	outcomeRewriteRefused = "rewrite_refused"
 	outcomeUnreachable    = "unreachable"
 	outcomeMalformed      = "malformed"
-	outcomeNoRoute        = "no_route" // a lookup does not hold the key
+	outcomeNoRoute        = "no_route"       // a lookup does not hold the key, or failed
+	outcomeLookupRefused  = "lookup_refused" // a lookup's answer refuses the client
 )
 
 // Interface guards
