@@ -15,7 +15,8 @@ import (
 // own, so that a test may restart it, stop it and configure it without
 // touching the machine's shared Redis. It keeps nothing on disk.
 type Redis struct {
-	Addr string
+	Addr     string
+	password string // from --requirepass, sent by Do
 	args []string
 	t    testing.TB
 	mu   sync.Mutex
@@ -49,6 +50,11 @@ func StartRedis(t testing.TB, extra ...string) *Redis {
 		"--save", "", "--appendonly", "no", "--notify-keyspace-events", "KA",
 		"--dir", t.TempDir(), "--protected-mode", "no"}, extra...)}
 	r.args = append([]string{bin}, r.args...)
+	for i, a := range extra {
+		if a == "--requirepass" && i+1 < len(extra) {
+			r.password = extra[i+1]
+		}
+	}
 	r.Start()
 	t.Cleanup(r.Stop)
 	return r
@@ -104,6 +110,16 @@ func (r *Redis) Do(args ...string) (string, error) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	if r.password != "" {
+		if _, err := roundTrip(c, br, "AUTH", r.password); err != nil {
+			return "", err
+		}
+	}
+	return roundTrip(c, br, args...)
+}
+
+func roundTrip(c net.Conn, br *bufio.Reader, args ...string) (string, error) {
 	req := fmt.Sprintf("*%d\r\n", len(args))
 	for _, a := range args {
 		req += fmt.Sprintf("$%d\r\n%s\r\n", len(a), a)
@@ -111,7 +127,6 @@ func (r *Redis) Do(args ...string) (string, error) {
 	if _, err := c.Write([]byte(req)); err != nil {
 		return "", err
 	}
-	br := bufio.NewReader(c)
 	line, err := br.ReadString('\n')
 	if err != nil {
 		return "", err
