@@ -96,4 +96,3 @@ func FuzzParseAnswer(f *testing.F) {
 		}
 	})
 }
-

@@ -17,10 +17,10 @@ import (
 type Redis struct {
 	Addr     string
 	password string // from --requirepass, sent by Do
-	args []string
-	t    testing.TB
-	mu   sync.Mutex
-	cmd  *exec.Cmd
+	args     []string
+	t        testing.TB
+	mu       sync.Mutex
+	cmd      *exec.Cmd
 }
 
 // RequireRedisServer fails (under CI) or skips the test when Debian's
