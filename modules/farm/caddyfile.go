@@ -34,10 +34,12 @@ import (
 //	}
 //	lookup file <path> {
 //		key <placeholders>
+//		name <name>
 //		refresh <duration>
 //	}
 //	lookup http|redis <url> {
 //		key <placeholders>
+//		name <name>
 //		ttl|negative_ttl|timeout <duration>
 //		stale <duration>|off
 //		max_entries <n>
@@ -161,6 +163,8 @@ func (l *Lookup) unmarshalOption(d *caddyfile.Dispenser) error {
 	switch {
 	case sub == "key":
 		return cfutil.OneArg(d, &l.Key)
+	case sub == "name":
+		return cfutil.OneArg(d, &l.Name)
 	case sub == "refresh" && l.Source == "file":
 		return cfutil.Duration(d, &l.Refresh)
 	case sub == "prefix" && l.Source == "redis":

@@ -226,11 +226,16 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	}
 	hctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel
-	if f.Lookup != nil {
-		if err := f.Lookup.provision(hctx, f.logger); err != nil {
+	if l := f.Lookup; l != nil {
+		l.name, l.defaults = l.Name, f.To
+		if l.name == "" {
+			l.name = f.Name
+		}
+		if err := l.provision(hctx, f.logger); err != nil {
 			cancel()
 			return err
 		}
+		registerLookup(l)
 	}
 	f.startHealthChecks(hctx)
 	f.startRefresh(hctx)
@@ -309,6 +314,9 @@ func (f *Farm) Cleanup() error {
 	farmsMu.Lock()
 	delete(farms, f)
 	farmsMu.Unlock()
+	if f.Lookup != nil {
+		unregisterLookup(f.Lookup)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for addr := range f.known {

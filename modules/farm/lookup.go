@@ -30,6 +30,9 @@ import (
 // http and redis answers are kept in a lookup.Cache (TTL, NegativeTTL,
 // Stale, Timeout, MaxEntries).
 type Lookup struct {
+	// Names the lookup in GET /prelude/lookups and metrics. Default: the
+	// farm's name ("git", "amqp default", …).
+	Name string `json:"name,omitempty"`
 	// Where the table comes from: "file", "http" or "redis".
 	Source string `json:"source"`
 	// The table's path, for "file".
@@ -57,10 +60,13 @@ type Lookup struct {
 	Timeout     caddy.Duration `json:"timeout,omitempty"`
 	MaxEntries  int            `json:"max_entries,omitempty"`
 
-	file   *lookup.File
-	cache  *lookup.Cache
-	where  string // the source, for logs and the admin API, without secrets
-	logger *zap.Logger
+	file     *lookup.File
+	cache    *lookup.Cache
+	name     string
+	where    string   // the source, for logs and the admin API, without secrets
+	defaults []string // the farm's to, where a miss goes
+	counts   lookupCounters
+	logger   *zap.Logger
 }
 
 // Lookup defaults.
@@ -249,17 +255,33 @@ func (l *Lookup) resolve(ctx context.Context) (key string, ans lookup.Answer, ok
 	}
 	if l.file != nil {
 		ans.Addrs, ok = l.file.Table().Lookup(key)
+		l.count(ok, ans, lookup.Hit)
 		return key, ans, ok, nil
 	}
-	ans, ok, _, err = l.cache.Get(ctx, key)
+	ans, ok, res, err := l.cache.Get(ctx, key)
 	if err != nil {
-		l.logger.Warn("lookup failed", zap.String("source", l.Source), zap.String("where", l.where),
+		l.counts[resultError].Add(1)
+		l.logger.Warn("lookup failed", zap.String("lookup", l.name), zap.String("where", l.where),
 			zap.String("key", key), zap.Error(err))
 		// The client learns that the lookup failed, not the service's
 		// address or its answer.
 		return key, ans, false, &NoRouteError{Key: key, Reason: "the route lookup failed"}
 	}
+	l.count(ok, ans, res)
 	return key, ans, ok, nil
+}
+
+func (l *Lookup) count(found bool, ans lookup.Answer, res lookup.Result) {
+	switch {
+	case !found:
+		l.counts[resultMiss].Add(1)
+	case ans.Refuse != "":
+		l.counts[resultRefused].Add(1)
+	case res == lookup.Stale:
+		l.counts[resultStale].Add(1)
+	default:
+		l.counts[resultHit].Add(1)
+	}
 }
 
 type replacerKey struct{}

@@ -49,5 +49,8 @@ func (memberCollector) Collect(ch chan<- prometheus.Metric) {
 	})
 }
 
-// registerMetrics adds the member collector to reg, once per registry.
-func registerMetrics(reg *prometheus.Registry) { metricsreg.Register(reg, memberCollector{}) }
+// registerMetrics adds the member and lookup collectors to reg, once per registry.
+func registerMetrics(reg *prometheus.Registry) {
+	metricsreg.Register(reg, memberCollector{})
+	metricsreg.Register(reg, lookupCollector{})
+}

@@ -68,6 +68,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	case h.Error != "":
 		return nil
 	}
+	if h.Farm.Name == "" {
+		h.Farm.Name = "git"
+	}
 	return h.Farm.Provision(ctx)
 }
 

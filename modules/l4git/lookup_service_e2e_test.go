@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddyprelude/prelude/internal/e2e"
+	_ "github.com/caddyprelude/prelude/modules/preludeadmin"
 )
 
 // routeService is a routing service over real HTTP on loopback: GET
@@ -130,6 +131,10 @@ func TestLookupHTTPRoutesPerOwner(t *testing.T) {
 	if n := svc.requests("alice"); n != 1 {
 		t.Fatalf("the service was asked %d times for alice, want once per TTL", n)
 	}
+	checkLookupAPI(t, c, "alice", a.Addr)
+	if v := c.MetricValue(t, `caddy_layer4_lookup_results_total{lookup="git",result="hit"}`); v != 6 {
+		t.Errorf("hits metric %v, want 6", v)
+	}
 	for repo, want := range map[string]string{
 		"/carol/x.git":   `no route for repository /carol/x.git (no route for key "carol")`,
 		"/mallory/x.git": `access to /mallory/x.git refused: account suspended for abuse`,
@@ -199,6 +204,7 @@ func TestLookupRedisRoutesPerOwner(t *testing.T) {
 	if head, errOut := lsHead(t, url("/alice/proj.git")); head != aliceOnA {
 		t.Fatalf("alice: %q (%s), want %s", head, errOut, aliceOnA)
 	}
+	checkLookupAPI(t, c, "alice", a.Addr)
 	if _, errOut := lsHead(t, url("/mallory/x.git")); !strings.Contains(errOut, "access to /mallory/x.git refused: suspended") {
 		t.Fatalf("mallory: %s", errOut)
 	}
@@ -233,5 +239,27 @@ func waitHead(t *testing.T, url, want string, within time.Duration) {
 			t.Fatalf("%s: HEAD %q (%s) after %v, want %s", url, head, errOut, within, want)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkLookupAPI: GET /prelude/lookups lists the git lookup without any
+// password, and GET /prelude/lookups/git?key= says where a key goes.
+func checkLookupAPI(t *testing.T, c *e2e.Caddy, key, want string) {
+	t.Helper()
+	code, body := c.Get(t, "/prelude/lookups")
+	if code != 200 || !strings.Contains(body, `"name":"git"`) || !strings.Contains(body, `"key":"{l4.git.owner}"`) ||
+		!strings.Contains(body, `"hit":`) || strings.Contains(body, "gitr0utes") {
+		t.Fatalf("GET /prelude/lookups: %d %s", code, body)
+	}
+	code, body = c.Get(t, "/prelude/lookups/git?key="+key)
+	if code != 200 || !strings.Contains(body, `"found":true,"to":["`+want+`"]`) || !strings.Contains(body, `"result":"hit"`) {
+		t.Fatalf("GET /prelude/lookups/git?key=%s: %d %s", key, code, body)
+	}
+	code, body = c.Get(t, "/prelude/lookups/git?key=nobody-here")
+	if code != 200 || !strings.Contains(body, `"found":false`) {
+		t.Fatalf("GET /prelude/lookups/git?key=nobody-here: %d %s", code, body)
+	}
+	if code, body = c.Get(t, "/prelude/lookups/nope?key=x"); code != 404 {
+		t.Fatalf("an unknown lookup: %d %s", code, body)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -28,6 +29,8 @@ func init() {
 //	GET /prelude/foo/health[?name=<set>]  200 if a member of its farms accepts a TCP connect, else 503
 //	GET /prelude/zmtp/pairs                live ZMTP client-worker pairs
 //	GET /prelude/zmtp/workers              parked and busy workers per pool
+//	GET /prelude/lookups                   every lookup: size, results, cache
+//	GET /prelude/lookups/{name}?key=…      where a client with that key would go
 type Admin struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -47,6 +50,8 @@ func (a Admin) Routes() []caddy.AdminRoute {
 		{Pattern: "/prelude/zmtp/workers", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4zmtp.Pools() }))},
 		{Pattern: "/prelude/amqp/", Handler: caddy.AdminHandlerFunc(a.amqpAPI)},
 		{Pattern: "/prelude/farms", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return farm.Farms() }))},
+		{Pattern: "/prelude/lookups", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return farm.Lookups() }))},
+		{Pattern: "/prelude/lookups/", Handler: caddy.AdminHandlerFunc(resolveLookup)},
 		{Pattern: "/prelude/tunnels", Handler: caddy.AdminHandlerFunc(getJSON(func() any { return l4amqpstream.Tunnels() }))},
 	}
 }
@@ -101,4 +106,22 @@ func getJSON(f func() any) func(http.ResponseWriter, *http.Request) error {
 		w.Header().Set("Content-Type", "application/json")
 		return json.NewEncoder(w).Encode(f())
 	}
+}
+
+// resolveLookup serves GET /prelude/lookups/{name}?key=…: where a client
+// with that key would go.
+func resolveLookup(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method not allowed")}
+	}
+	name := strings.TrimPrefix(r.URL.Path, "/prelude/lookups/")
+	if !r.URL.Query().Has("key") {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("the key to resolve is required: ?key=…")}
+	}
+	a, ok := farm.ResolveLookup(r.Context(), name, r.URL.Query().Get("key"))
+	if !ok {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no lookup named %q in the running config (GET /prelude/lookups lists them)", name)}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(a)
 }
