@@ -35,11 +35,13 @@ import (
 //	lookup file <path> {
 //		key <placeholders>
 //		name <name>
+//		drain_moved
 //		refresh <duration>
 //	}
 //	lookup http|redis <url> {
 //		key <placeholders>
 //		name <name>
+//		drain_moved
 //		ttl|negative_ttl|timeout <duration>
 //		stale <duration>|off
 //		max_entries <n>
@@ -165,6 +167,12 @@ func (l *Lookup) unmarshalOption(d *caddyfile.Dispenser) error {
 		return cfutil.OneArg(d, &l.Key)
 	case sub == "name":
 		return cfutil.OneArg(d, &l.Name)
+	case sub == "drain_moved":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		l.DrainMoved = true
+		return nil
 	case sub == "refresh" && l.Source == "file":
 		return cfutil.Duration(d, &l.Refresh)
 	case sub == "prefix" && l.Source == "redis":

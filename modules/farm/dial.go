@@ -19,6 +19,8 @@ type Lease struct {
 	Member *Member
 	Conn   net.Conn
 	done   bool
+	route  route
+	farm   *Farm // set while drain_moved watches the lease
 }
 
 // Release ends the lease's count and its hold on the member's shared state.
@@ -28,6 +30,9 @@ func (l *Lease) Release() {
 		l.done = true
 		l.Member.state.active.Add(-1)
 		_, _ = members.Delete(poolKey(l.Member.Addr))
+		if l.farm != nil {
+			l.farm.unwatchMove(l)
+		}
 	}
 }
 
@@ -79,7 +84,7 @@ func (f *Farm) DialSticky(ctx context.Context, client net.Addr, key string, atte
 }
 
 func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
-	routed, only, err := f.connectionMembers(ctx)
+	routed, only, rt, err := f.connectionMembers(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -95,6 +100,8 @@ func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt At
 			}
 			lease, err := f.try(ctx, m, client, attempt)
 			if err == nil {
+				lease.route = rt
+				f.watchMove(lease)
 				return lease, nil
 			}
 			if IsFinal(err) || ctx.Err() != nil {

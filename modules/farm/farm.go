@@ -80,6 +80,12 @@ type Farm struct {
 	// OnRemoved, set by the handler, is called with each member address
 	// that DNS re-resolution drops while DrainRemoved is on.
 	OnRemoved func(addr string) `json:"-"`
+	// OnMoved, set by the handler, ends the session on upstream whose
+	// lookup key now routes elsewhere (Lookup.DrainMoved), and reports
+	// whether it found the session (else it is asked again at the next
+	// check: the session may not be listed yet). Unset, the upstream
+	// connection is closed.
+	OnMoved func(upstream net.Conn, key string) bool `json:"-"`
 
 	// Name labels the farm in GET /prelude/farms; set by the handler.
 	Name   string `json:"-"`
@@ -95,6 +101,7 @@ type Farm struct {
 	names     map[string]resolution // DNS name -> last answers
 	current   map[string]bool       // the member set of the last Members call
 	known     map[string]*Member    // members this farm holds a pool reference for
+	moving    map[*Lease]bool       // drain_moved: live leases routed by the lookup; true once ended
 	rr        atomic.Uint64
 	ctx       caddy.Context
 	events    *caddyevents.App
@@ -236,6 +243,9 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 			return err
 		}
 		registerLookup(l)
+		if l.DrainMoved {
+			go f.watchMoves(hctx, DrainCheckInterval)
+		}
 	}
 	f.startHealthChecks(hctx)
 	f.startRefresh(hctx)

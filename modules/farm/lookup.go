@@ -59,6 +59,11 @@ type Lookup struct {
 	Stale       caddy.Duration `json:"stale,omitempty"`
 	Timeout     caddy.Duration `json:"timeout,omitempty"`
 	MaxEntries  int            `json:"max_entries,omitempty"`
+	// When a key's route changes, also end the live sessions that went by
+	// the old route, not only send new ones to the new place. The handler
+	// decides how (amqp: Close 320 at a frame boundary; git: the
+	// connection is closed). Checked every DrainCheckInterval.
+	DrainMoved bool `json:"drain_moved,omitempty"`
 
 	file     *lookup.File
 	cache    *lookup.Cache
@@ -305,34 +310,37 @@ func WithReplacer(ctx context.Context, repl *caddy.Replacer) context.Context {
 // lookup's answer, which replaces the farm's other members (only is true),
 // or to addresses with placeholders, expanded, which join the static ones.
 // Both nil: the static members only.
-func (f *Farm) connectionMembers(ctx context.Context) (ms []*Member, only bool, err error) {
+//
+// rt is the lookup's key and whether the table held it, for drain_moved.
+func (f *Farm) connectionMembers(ctx context.Context) (ms []*Member, only bool, rt route, err error) {
 	if f.Lookup != nil {
 		key, ans, ok, err := f.Lookup.resolve(ctx)
 		if err != nil {
-			return nil, false, err
+			return nil, false, rt, err
 		}
 		if ok && ans.Refuse != "" {
-			return nil, false, &RefusedError{Key: key, Reason: ans.Refuse}
+			return nil, false, rt, &RefusedError{Key: key, Reason: ans.Refuse}
 		}
+		rt = route{key: key, hit: ok, set: true}
 		if ok {
 			out := make([]*Member, 0, len(ans.Addrs))
 			for _, a := range ans.Addrs {
 				out = append(out, transientMember(a))
 			}
-			return out, true, nil
+			return out, true, rt, nil
 		}
 		if len(f.targets) == 0 && len(f.templates) == 0 {
-			return nil, false, &NoRouteError{Key: key}
+			return nil, false, rt, &NoRouteError{Key: key}
 		}
 	}
 	for _, tmpl := range f.templates {
 		addr, err := expandAddress(ctx, tmpl)
 		if err != nil {
-			return nil, false, err
+			return nil, false, rt, err
 		}
 		ms = append(ms, transientMember(addr))
 	}
-	return ms, false, nil
+	return ms, false, rt, nil
 }
 
 // transientMember is a member for an address a lookup returned: it shares

@@ -308,6 +308,17 @@ func severUpstream(addr string) {
 	}
 }
 
+// severMoved ends, with Close 320, the session relayed over upstream,
+// whose lookup key now routes elsewhere (drain_moved), and reports
+// whether it was found.
+func severMoved(upstream net.Conn, key string) bool {
+	found := sessionsWhere(func(l *liveSession) bool { return l.upstream == upstream })
+	for _, l := range found {
+		l.stop(severGraceful, "CONNECTION_FORCED - the route for "+key+" moved; reconnect to reach its new place")
+	}
+	return len(found) > 0
+}
+
 func severUpstreamSession(id uint64, addr string) {
 	sessionsMu.Lock()
 	l := sessions[id]

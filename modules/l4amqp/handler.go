@@ -133,6 +133,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		r.Farm.Name = "amqp vhost " + strings.Join(r.VHosts, " ")
 		r.Farm.SetProbe(probeBroker)
 		r.Farm.OnRemoved = severUpstream
+		r.Farm.OnMoved = severMoved
 		if err := r.Farm.Provision(ctx); err != nil {
 			return fmt.Errorf("routes[%d] (vhost %s): %v", i, r.VHosts[0], err)
 		}
@@ -141,6 +142,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.Default.Name = "amqp default"
 		h.Default.SetProbe(probeBroker)
 		h.Default.OnRemoved = severUpstream
+		h.Default.OnMoved = severMoved
 		if err := h.Default.Provision(ctx); err != nil {
 			return fmt.Errorf("default: %v", err)
 		}

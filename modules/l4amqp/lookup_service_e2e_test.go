@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
 	"github.com/caddyprelude/prelude/internal/e2e"
 )
 
@@ -60,4 +62,41 @@ func TestLookupServicesRouteVhosts(t *testing.T) {
 			refusal(t, e2e.URL(addr, "nowhere"), 530, `NOT_ALLOWED - no route for vhost nowhere: no route for key "nowhere"`, 2*time.Second)
 		})
 	}
+}
+
+// TestLookupRedisDrainMoved is amqpprox's "move a vhost to another farm"
+// without a config push: a vhost's route changed in Redis sends new
+// connections to the new place within a second, and with drain_moved the
+// live session on the old route gets the graceful Close 320 saying why,
+// while a session whose route did not change goes on.
+func TestLookupRedisDrainMoved(t *testing.T) {
+	watched, events := watchedBroker(t)
+	rs := e2e.StartRedis(t)
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, e2e.RabbitAddr)
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostB, e2e.RabbitAddr)
+	_, addr := startProxy(t, map[string]any{"handler": "amqp", "default": map[string]any{"lookup": map[string]any{
+		"source": "redis", "url": "redis://" + rs.Addr, "key": "{l4.amqp.vhost}", "ttl": int64(time.Hour), "drain_moved": true}}})
+	a := dial(t, e2e.URL(addr, e2e.VhostA))
+	b := dial(t, e2e.URL(addr, e2e.VhostB))
+	roundTrip(t, a, 5)
+	roundTrip(t, b, 5)
+	closed := a.NotifyClose(make(chan *amqp091.Error, 1))
+
+	moved := time.Now()
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, watched)
+	select {
+	case err := <-closed:
+		if err == nil || err.Code != 320 || !strings.Contains(err.Reason, "the route for "+e2e.VhostA+" moved") {
+			t.Fatalf("the moved vhost's session ended with %v, want Close 320 saying its route moved", err)
+		}
+		if took := time.Since(moved); took > time.Second {
+			t.Fatalf("the moved session was ended %v after the change, want within 1s", took)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the moved vhost's session was not ended")
+	}
+	roundTrip(t, b, 5) // vhost B did not move: its session goes on
+	a2 := dial(t, e2e.URL(addr, e2e.VhostA))
+	expectEvent(t, events, "open") // the reconnect reaches the new place
+	roundTrip(t, a2, 5)
 }

@@ -1,0 +1,133 @@
+package farm
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyprelude/prelude/lookup"
+)
+
+// DrainCheckInterval is how often drain_moved compares the live sessions'
+// routes with the lookup's current answers.
+const DrainCheckInterval = 250 * time.Millisecond
+
+// EventRouteMoved: a live session's lookup key now routes elsewhere and
+// drain_moved ends it. Data: key, upstream.
+const EventRouteMoved = "lookup_route_moved"
+
+// route is how a lease was routed by the farm's lookup.
+type route struct {
+	key string
+	hit bool // the table held the key; else the connection went to the default
+	set bool // the lookup routed it
+}
+
+// watchMove lists a lease for drain_moved.
+func (f *Farm) watchMove(l *Lease) {
+	if f.Lookup == nil || !f.Lookup.DrainMoved || !l.route.set {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.moving == nil {
+		f.moving = map[*Lease]bool{}
+	}
+	l.farm = f
+	f.moving[l] = false
+}
+
+func (f *Farm) unwatchMove(l *Lease) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.moving, l)
+}
+
+// watchMoves checks the live sessions' routes every interval until ctx
+// ends.
+func (f *Farm) watchMoves(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f.drainMoved(ctx)
+		}
+	}
+}
+
+// drainMoved ends each live session whose key now routes elsewhere: the
+// key's answer no longer lists its member, it now refuses, it is gone
+// from the table (the session came by it), or it is now in the table (the
+// session came by the default). A failed lookup ends nothing. Each
+// session is ended once, through OnMoved (or by closing its upstream
+// connection).
+func (f *Farm) drainMoved(ctx context.Context) {
+	byKey := map[string][]*Lease{}
+	f.mu.Lock()
+	for l, ended := range f.moving {
+		if !ended {
+			byKey[l.route.key] = append(byKey[l.route.key], l)
+		}
+	}
+	f.mu.Unlock()
+	for key, leases := range byKey {
+		ans, found, err := f.Lookup.current(ctx, key)
+		if err != nil {
+			continue
+		}
+		for _, l := range leases {
+			if stillRouted(l, ans, found) {
+				continue
+			}
+			f.mu.Lock()
+			_, live := f.moving[l]
+			if live {
+				f.moving[l] = true
+			}
+			f.mu.Unlock()
+			if !live {
+				continue
+			}
+			if f.OnMoved == nil {
+				_ = l.Conn.Close()
+			} else if !f.OnMoved(l.Conn, key) {
+				f.mu.Lock()
+				if _, live := f.moving[l]; live {
+					f.moving[l] = false // not listed yet: try again next time
+				}
+				f.mu.Unlock()
+				continue
+			}
+			f.Emit(EventRouteMoved, map[string]any{"key": key, "upstream": l.Member.Addr})
+		}
+	}
+}
+
+func stillRouted(l *Lease, ans lookup.Answer, found bool) bool {
+	switch {
+	case !found:
+		return !l.route.hit
+	case ans.Refuse != "" || !l.route.hit:
+		return false
+	}
+	return slices.Contains(ans.Addrs, l.Member.Addr)
+}
+
+// current is key's answer now, as a new connection would get it, without
+// counting it as a client's lookup.
+func (l *Lookup) current(ctx context.Context, key string) (lookup.Answer, bool, error) {
+	if l.file != nil {
+		addrs, ok := l.file.Table().Lookup(key)
+		return lookup.Answer{Addrs: addrs}, ok, nil
+	}
+	ans, ok, _, err := l.cache.Get(ctx, key)
+	if err != nil {
+		l.logger.Debug("drain_moved: lookup failed; sessions kept", zap.String("key", key), zap.Error(err))
+	}
+	return ans, ok, err
+}
