@@ -170,8 +170,8 @@ func unmarshalFarm(d *caddyfile.Dispenser, f *farm.Farm, limits **Limits) error 
 			return d.Errf("%s: unknown farm option %q", owner, d.Val())
 		}
 	}
-	if len(f.To) == 0 && len(f.Upstreams) == 0 {
-		return d.Errf("%s: a 'to' with at least one upstream address is required", owner)
+	if len(f.To) == 0 && len(f.Upstreams) == 0 && f.Lookup == nil {
+		return d.Errf("%s: a 'to' with at least one upstream address (or a lookup) is required", owner)
 	}
 	return nil
 }
