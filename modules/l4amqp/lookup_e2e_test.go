@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/internal/e2e"
 )
 
@@ -50,4 +51,19 @@ func TestPlaceholdersInTo(t *testing.T) {
 	roundTrip(t, conn, 10)
 	_ = conn.Close()
 	refusal(t, e2e.URL(addr, "/"), 530, `NOT_ALLOWED - no route for vhost /: no route for key "{l4.amqp.vhost}.brokers.internal:`+port+`": placeholder {l4.amqp.vhost} is "/", with '/'`, 2*time.Second)
+}
+
+// TestLookupByVhostLabel: {l4.amqp.vhost_label}, the vhost as a DNS label,
+// keys a lookup (as it would name a broker host in a to address).
+func TestLookupByVhostLabel(t *testing.T) {
+	routes := filepath.Join(t.TempDir(), "labels.tsv")
+	label := amqp.VhostLabel(e2e.VhostA)
+	if err := os.WriteFile(routes, []byte(label+"\t"+e2e.RabbitAddr+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, addr := startProxy(t, map[string]any{"handler": "amqp", "default": map[string]any{
+		"lookup": map[string]any{"source": "file", "path": routes, "key": "{l4.amqp.vhost_label}"}}})
+	conn := dial(t, e2e.URL(addr, e2e.VhostA))
+	roundTrip(t, conn, 5)
+	refusal(t, e2e.URL(addr, e2e.VhostB), 530, `no route for key "`+amqp.VhostLabel(e2e.VhostB)+`"`, 2*time.Second)
 }

@@ -485,6 +485,7 @@ func (s *session) setClientPlaceholders() {
 		return
 	}
 	repl.Set("l4.amqp.vhost", s.open.VirtualHost)
+	repl.Set("l4.amqp.vhost_label", amqp.VhostLabel(s.open.VirtualHost))
 	repl.Set("l4.amqp.user", s.user)
 	repl.Set("l4.amqp.mechanism", s.startOk.Mechanism)
 	repl.Set("l4.amqp.connection_name", s.startOk.ClientProperties.String("connection_name"))
