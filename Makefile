@@ -35,7 +35,7 @@ BENCH_SMALL = -bench 'SmallMessages|SetupFarClient|CaptureVsFirehose|CaptureLarg
 # Statistics on against off (and, with PRELUDE_BENCH_BASELINE_CADDY=<a caddy
 # built from an earlier commit>, against that build), A-B-B-A per iteration.
 BENCH_STATS = -bench 'StatsCost' -benchtime 30x -count 3
-BENCH_GIT = -bench 'GitClone|GitLookup|FooMessages|ZMTP$$' -benchtime 5x -count 2
+BENCH_GIT = -bench 'GitClone|GitLookup|LookupServiceSetup|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
@@ -88,6 +88,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzGreetingAndCommands$$' -fuzztime $(FUZZTIME) ./zmtp/
 	$(GO) test -run '^$$' -fuzz '^FuzzDelivery$$' -fuzztime $(FUZZTIME) ./amqp/stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadNDJSON$$' -fuzztime $(FUZZTIME) ./amqp/replay/
+	for t in FuzzParseTSV FuzzParseAnswer; do \
+		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./lookup/ || exit 1; \
+	done
 
 clean:
 	rm -f caddy

@@ -137,6 +137,12 @@ func (c *Cache) Get(ctx context.Context, key string) (Answer, bool, Result, erro
 // for the same fetch.
 func (c *Cache) fetchAndStore(key string) (*entry, error) {
 	epoch := c.epoch.Load()
+	// A caller that missed the cache just before another's fetch stored
+	// its answer starts a new flight: it finds the answer here instead of
+	// asking the service again.
+	if e, ok := c.lru.Get(key); ok && c.now().Before(e.expires) {
+		return e, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
 	defer cancel()
 	c.fetches.Add(1)

@@ -1,0 +1,128 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyprelude/prelude/internal/e2e"
+)
+
+// BenchmarkLookupServiceSetup compares the connection setup of a git
+// request routed by a static to, by an http lookup and by a redis lookup
+// (all to one upstream), round-robin in every iteration, 500 requests per
+// path per iteration: with every key cached (warm), and with a key never
+// seen (cold: one round trip to the service). The upstream answers the
+// request line with a flush packet, so the figure is the proxy's setup
+// (accept, read the request, look up, dial, forward, relay the answer) and
+// not a git process's start-up. Reports medians and p99 per path and the
+// ratios lookup/static, and how many requests the services saw per key.
+func BenchmarkLookupServiceSetup(b *testing.B) {
+	upstream := e2e.ServeTCP(b, func(c net.Conn) {
+		defer c.Close()
+		var hdr [4]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		n, err := strconv.ParseUint(string(hdr[:]), 16, 16)
+		if err != nil || n < 4 {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, c, int64(n-4)); err == nil {
+			_, _ = c.Write([]byte("0000"))
+		}
+	})
+	var httpAsked atomic.Int64
+	svc := e2e.FreePort(b)
+	ln, err := net.Listen("tcp", svc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		httpAsked.Add(1)
+		_, _ = w.Write([]byte(upstream))
+	})}
+	go srv.Serve(ln)
+	b.Cleanup(func() { _ = srv.Close() })
+	rs := e2e.StartRedis(b)
+	const keys = 100
+	for i := range keys {
+		rs.MustDo("SET", fmt.Sprintf("prelude:route:owner%d", i), upstream)
+	}
+	paths := []string{"static", "http", "redis"}
+	listen := map[string]string{}
+	servers := map[string]any{}
+	for _, p := range paths {
+		listen[p] = e2e.FreePort(b)
+		h := map[string]any{"handler": "git", "to": []string{upstream}}
+		switch p {
+		case "http":
+			h = map[string]any{"handler": "git", "lookup": map[string]any{"source": "http",
+				"url": "http://" + svc + "/route/{key}", "key": "{l4.git.owner}", "ttl": int64(time.Hour)}}
+		case "redis":
+			h = map[string]any{"handler": "git", "lookup": map[string]any{"source": "redis",
+				"url": "redis://" + rs.Addr, "key": "{l4.git.owner}", "ttl": int64(time.Hour)}}
+		}
+		servers[p] = map[string]any{"listen": []string{listen[p]}, "routes": []any{map[string]any{
+			"match": []any{map[string]any{"git": map[string]any{}}}, "handle": []any{h}}}}
+	}
+	startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": servers}}})
+	request := func(addr, owner string) time.Duration {
+		start := time.Now()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		line := fmt.Sprintf("git-upload-pack /%s/x.git\x00host=h\x00", owner)
+		if _, err := fmt.Fprintf(c, "%04x%s", len(line)+4, line); err != nil {
+			b.Fatal(err)
+		}
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "0000" {
+			b.Fatalf("%s: %q %v (want the upstream's flush packet)", addr, got, err)
+		}
+		return time.Since(start)
+	}
+	for _, p := range paths { // warm every key
+		for i := range keys {
+			request(listen[p], fmt.Sprintf("owner%d", i))
+		}
+	}
+	warm := map[string][]time.Duration{}
+	cold := map[string][]time.Duration{}
+	coldKeys := 0
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		for i := range 500 {
+			for _, p := range paths {
+				warm[p] = append(warm[p], request(listen[p], fmt.Sprintf("owner%d", i%keys)))
+			}
+		}
+		for range 50 {
+			owner := fmt.Sprintf("cold%d-%d", n, coldKeys)
+			coldKeys++
+			rs.MustDo("SET", "prelude:route:"+owner, upstream)
+			cold["static"] = append(cold["static"], request(listen["static"], owner))
+			cold["http"] = append(cold["http"], request(listen["http"], owner))
+			cold["redis"] = append(cold["redis"], request(listen["redis"], owner))
+		}
+	}
+	b.StopTimer()
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	for _, p := range paths {
+		b.ReportMetric(us(quantile(warm[p], 0.5)), p+"-warm-p50-us")
+		b.ReportMetric(us(quantile(warm[p], 0.99)), p+"-warm-p99-us")
+		b.ReportMetric(us(quantile(cold[p], 0.5)), p+"-cold-p50-us")
+	}
+	for _, p := range paths[1:] {
+		b.ReportMetric(us(quantile(warm[p], 0.5))/us(quantile(warm["static"], 0.5)), p+"/static-warm")
+		b.ReportMetric(us(quantile(cold[p], 0.5))/us(quantile(cold["static"], 0.5)), p+"/static-cold")
+	}
+	b.ReportMetric(float64(httpAsked.Load()-keys)/float64(coldKeys), "http-requests/cold-key")
+}
