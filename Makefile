@@ -35,7 +35,7 @@ BENCH_SMALL = -bench 'SmallMessages|SetupFarClient|CaptureVsFirehose|CaptureLarg
 # Statistics on against off (and, with PRELUDE_BENCH_BASELINE_CADDY=<a caddy
 # built from an earlier commit>, against that build), A-B-B-A per iteration.
 BENCH_STATS = -bench 'StatsCost' -benchtime 30x -count 3
-BENCH_GIT = -bench 'GitClone|GitLookup|LookupServiceSetup|FooMessages|ZMTP$$' -benchtime 5x -count 2
+BENCH_GIT = -bench 'GitClone|GitLookup|LookupServiceSetup|LookupReloadStall|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0

@@ -5,7 +5,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -125,4 +128,119 @@ func BenchmarkLookupServiceSetup(b *testing.B) {
 		b.ReportMetric(us(quantile(cold[p], 0.5))/us(quantile(cold["static"], 0.5)), p+"/static-cold")
 	}
 	b.ReportMetric(float64(httpAsked.Load()-keys)/float64(coldKeys), "http-requests/cold-key")
+}
+
+// BenchmarkLookupReloadStall: git requests through a lookup file of a
+// million keys, from 4 clients connecting as fast as they can, first with
+// the file unchanged and then while it is replaced (and so parsed again
+// by Caddy) every 700 ms: setup p50, p99, p99.9 and the worst, in both
+// phases. A stall a reload adds shows as the reloading worst above the
+// quiet one. The upstream answers the request line with a flush packet.
+func BenchmarkLookupReloadStall(b *testing.B) {
+	upstream := e2e.ServeTCP(b, func(c net.Conn) {
+		defer c.Close()
+		var hdr [4]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		n, err := strconv.ParseUint(string(hdr[:]), 16, 16)
+		if err != nil || n < 4 {
+			return
+		}
+		if _, err := io.CopyN(io.Discard, c, int64(n-4)); err == nil {
+			_, _ = c.Write([]byte("0000"))
+		}
+	})
+	table := filepath.Join(b.TempDir(), "routes.tsv")
+	writeLookupTable(b, table, "/big.git", upstream)
+	listen := e2e.FreePort(b)
+	startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+		"lookup": map[string]any{"listen": []string{listen}, "routes": []any{map[string]any{
+			"match": []any{map[string]any{"git": map[string]any{}}}, "handle": []any{map[string]any{"handler": "git",
+				"lookup": map[string]any{"source": "file", "path": table, "key": "{l4.git.repo}", "refresh": int64(100 * time.Millisecond)}}}}}},
+	}}}})
+	request := func() (time.Duration, error) {
+		start := time.Now()
+		c, err := net.Dial("tcp", listen)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		line := "git-upload-pack /big.git\x00host=h\x00"
+		if _, err := fmt.Fprintf(c, "%04x%s", len(line)+4, line); err != nil {
+			return 0, err
+		}
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "0000" {
+			return 0, fmt.Errorf("%q %v", got, err)
+		}
+		return time.Since(start), nil
+	}
+	phase := func(d time.Duration, during func(stop <-chan struct{})) []time.Duration {
+		stop := make(chan struct{})
+		var mu sync.Mutex
+		var all []time.Duration
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var mine []time.Duration
+				for {
+					select {
+					case <-stop:
+						mu.Lock()
+						all = append(all, mine...)
+						mu.Unlock()
+						return
+					default:
+					}
+					t, err := request()
+					if err != nil {
+						b.Error(err)
+						continue
+					}
+					mine = append(mine, t)
+				}
+			}()
+		}
+		done := make(chan struct{})
+		go func() { during(stop); close(done) }()
+		time.Sleep(d)
+		close(stop)
+		wg.Wait()
+		<-done
+		return all
+	}
+	var quiet, reloading []time.Duration
+	reloads := 0
+	b.ResetTimer()
+	for range b.N {
+		quiet = append(quiet, phase(3*time.Second, func(<-chan struct{}) {})...)
+		reloading = append(reloading, phase(3*time.Second, func(stop <-chan struct{}) {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(700 * time.Millisecond):
+				}
+				now := time.Now()
+				if err := os.Chtimes(table, now, now); err != nil { // a new mtime: Caddy parses it again
+					b.Error(err)
+				}
+				reloads++
+			}
+		})...)
+	}
+	b.StopTimer()
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	for name, s := range map[string][]time.Duration{"quiet": quiet, "reloading": reloading} {
+		b.ReportMetric(us(quantile(s, 0.5)), name+"-p50-us")
+		b.ReportMetric(us(quantile(s, 0.99)), name+"-p99-us")
+		b.ReportMetric(us(quantile(s, 0.999)), name+"-p99.9-us")
+		b.ReportMetric(us(quantile(s, 1)), name+"-max-us")
+	}
+	b.ReportMetric(float64(len(quiet))/float64(b.N)/3, "quiet-setups/s")
+	b.ReportMetric(float64(len(reloading))/float64(b.N)/3, "reloading-setups/s")
+	b.ReportMetric(float64(reloads)/float64(b.N), "reloads/iteration")
 }

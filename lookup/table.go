@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -18,6 +19,10 @@ import (
 // MaxKeyLen bounds a key, in a table and in a lookup: longer keys are
 // refused before anything is looked up or stored.
 const MaxKeyLen = 1024
+
+// yieldEvery is how many lines a parse reads between yields of its CPU:
+// about half a millisecond of work.
+const yieldEvery = 1024
 
 // maxLineLen bounds a table line (key, tab, addresses).
 const maxLineLen = 64 << 10
@@ -73,6 +78,11 @@ func ParseTSVBytes(b []byte) (*Table, error) {
 	arena := unsafe.String(unsafe.SliceData(b), len(b))
 	t := &Table{arena: arena, index: make(map[string]span, bytes.Count(b, []byte{'\n'})+1)}
 	for n, off := 1, 0; off < len(b); n++ {
+		if n%yieldEvery == 0 {
+			// A reload parses beside live connection setups: let them run
+			// between short stretches (measured: BenchmarkLookupReloadStall).
+			runtime.Gosched()
+		}
 		end := bytes.IndexByte(b[off:], '\n')
 		if end < 0 {
 			end = len(b) - off
