@@ -154,7 +154,11 @@ func BenchmarkLookupReloadStall(b *testing.B) {
 	table := filepath.Join(b.TempDir(), "routes.tsv")
 	writeLookupTable(b, table, "/big.git", upstream)
 	listen := e2e.FreePort(b)
-	startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+	static := startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+		"static": map[string]any{"listen": []string{e2e.FreePort(b)}, "routes": []any{map[string]any{
+			"match": []any{map[string]any{"git": map[string]any{}}}, "handle": []any{map[string]any{"handler": "git", "to": []string{upstream}}}}}},
+	}}}})
+	caddy := startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
 		"lookup": map[string]any{"listen": []string{listen}, "routes": []any{map[string]any{
 			"match": []any{map[string]any{"git": map[string]any{}}}, "handle": []any{map[string]any{"handler": "git",
 				"lookup": map[string]any{"source": "file", "path": table, "key": "{l4.git.repo}", "refresh": int64(100 * time.Millisecond)}}}}}},
@@ -214,15 +218,17 @@ func BenchmarkLookupReloadStall(b *testing.B) {
 	}
 	var quiet, reloading []time.Duration
 	reloads := 0
+	var rssQuiet uint64
 	b.ResetTimer()
 	for range b.N {
 		quiet = append(quiet, phase(3*time.Second, func(<-chan struct{}) {})...)
+		rssQuiet = max(rssQuiet, caddy.RSS())
 		reloading = append(reloading, phase(3*time.Second, func(stop <-chan struct{}) {
 			for {
 				select {
 				case <-stop:
 					return
-				case <-time.After(700 * time.Millisecond):
+				case <-time.After(1400 * time.Millisecond):
 				}
 				now := time.Now()
 				if err := os.Chtimes(table, now, now); err != nil { // a new mtime: Caddy parses it again
@@ -243,4 +249,9 @@ func BenchmarkLookupReloadStall(b *testing.B) {
 	b.ReportMetric(float64(len(quiet))/float64(b.N)/3, "quiet-setups/s")
 	b.ReportMetric(float64(len(reloading))/float64(b.N)/3, "reloading-setups/s")
 	b.ReportMetric(float64(reloads)/float64(b.N), "reloads/iteration")
+	if caddy.Separate() { // resident memory: only of a Caddy of its own
+		b.ReportMetric(float64(static.RSS())/(1<<20), "static-caddy-rss-MB")
+		b.ReportMetric(float64(rssQuiet)/(1<<20), "lookup-caddy-rss-MB")
+		b.ReportMetric(float64(caddy.RSS())/(1<<20), "after-reloads-rss-MB")
+	}
 }

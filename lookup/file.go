@@ -90,17 +90,20 @@ func (f *File) reload() error {
 	if err != nil {
 		return f.fail(err)
 	}
-	b, err := os.ReadFile(f.path)
+	b, free, err := readArena(f.path)
 	if err != nil {
 		return f.fail(err)
 	}
 	if len(b) > 0 && b[len(b)-1] != '\n' {
+		free()
 		return f.fail(fmt.Errorf("%s: the last line has no newline: the file is incomplete (being written, or truncated)", f.path))
 	}
 	t, err := ParseTSVBytes(b)
 	if err != nil {
+		free()
 		return f.fail(fmt.Errorf("%s: %w", f.path, err))
 	}
+	ownArena(t, free)
 	f.seen = st
 	f.table.Store(t)
 	f.err.Store(nil)

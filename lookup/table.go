@@ -8,12 +8,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"net"
 	"runtime"
 	"strconv"
 	"strings"
-	"unsafe"
 )
 
 // MaxKeyLen bounds a key, in a table and in a lookup: longer keys are
@@ -21,38 +21,69 @@ import (
 const MaxKeyLen = 1024
 
 // yieldEvery is how many lines a parse reads between yields of its CPU:
-// about half a millisecond of work.
-const yieldEvery = 1024
+// about 60 µs of work.
+const yieldEvery = 128
 
 // maxLineLen bounds a table line (key, tab, addresses).
 const maxLineLen = 64 << 10
 
 // A Table is an immutable key → addresses map, compact enough for millions
 // of keys: every key and value lives in one byte arena (the table's own
-// text), and the map holds only the key (a string over the arena) and the
-// value's position in it.
+// text), and the index maps a 64-bit hash of each key to its line's place
+// in the arena. The index holds no pointers, so the garbage collector
+// never scans it, and a file's arena lives outside the Go heap
+// (readArena), so neither counts towards the collector's heap goal: a
+// table of a million keys does not double the process's memory in GC
+// headroom, and a reload's new table gives the collector almost nothing
+// to mark.
 type Table struct {
-	arena string
-	index map[string]span
+	arena []byte
+	index map[uint64]row
+	// keys whose hash another key already has (rare: about one pair in
+	// 2^64/n²), by the key itself
+	collided map[string]row
+	seed     maphash.Seed
 }
 
-// span is a value's place in the arena: offset and length.
-type span struct{ off, len uint32 }
+// row is a line's place in the arena: the key at off, klen bytes; the
+// addresses after it and a tab, vlen bytes. A line is at most maxLineLen
+// bytes, so both lengths fit 16 bits.
+type row struct {
+	off        uint32
+	klen, vlen uint16
+}
+
+func (t *Table) key(e row) []byte { return t.arena[e.off : e.off+uint32(e.klen)] }
+
+func (t *Table) value(e row) []byte {
+	v := e.off + uint32(e.klen) + 1
+	return t.arena[v : v+uint32(e.vlen)]
+}
 
 // Len is the number of keys.
-func (t *Table) Len() int { return len(t.index) }
+func (t *Table) Len() int { return len(t.index) + len(t.collided) }
 
-// Lookup returns key's addresses, or nil and false for a key the table does
-// not hold (or one longer than MaxKeyLen).
+// Lookup returns key's addresses (copies, not views of the arena), or nil
+// and false for a key the table does not hold (or one longer than
+// MaxKeyLen).
 func (t *Table) Lookup(key string) ([]string, bool) {
 	if len(key) > MaxKeyLen {
 		return nil, false
 	}
-	s, ok := t.index[key]
+	e, ok := t.find(key)
 	if !ok {
 		return nil, false
 	}
-	return strings.Split(t.arena[s.off:s.off+s.len], ","), true
+	return strings.Split(string(t.value(e)), ","), true
+}
+
+func (t *Table) find(key string) (row, bool) {
+	e, ok := t.index[maphash.String(t.seed, key)]
+	if ok && string(t.key(e)) == key {
+		return e, true
+	}
+	e, ok = t.collided[key]
+	return e, ok
 }
 
 // ParseTSV reads a table of lines `key<TAB>address[,address…]`, where an
@@ -69,14 +100,13 @@ func ParseTSV(r io.Reader) (*Table, error) {
 }
 
 // ParseTSVBytes is ParseTSV over the bytes of a whole table, which it takes
-// over: the table's keys and addresses are the bytes themselves (no copy),
-// so the caller must not change them afterwards.
+// over: they are the table's arena (no copy), so the caller must not change
+// them afterwards.
 func ParseTSVBytes(b []byte) (*Table, error) {
 	if len(b) > 1<<32-1 {
 		return nil, errors.New("the table is larger than 4 GiB")
 	}
-	arena := unsafe.String(unsafe.SliceData(b), len(b))
-	t := &Table{arena: arena, index: make(map[string]span, bytes.Count(b, []byte{'\n'})+1)}
+	t := &Table{arena: b, index: make(map[uint64]row, bytes.Count(b, []byte{'\n'})+1), seed: maphash.MakeSeed()}
 	for n, off := 1, 0; off < len(b); n++ {
 		if n%yieldEvery == 0 {
 			// A reload parses beside live connection setups: let them run
@@ -103,13 +133,29 @@ func ParseTSVBytes(b []byte) (*Table, error) {
 		if err := checkEntry(key, val); err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
-		k := arena[lineOff : lineOff+len(key)]
-		if _, dup := t.index[k]; dup {
-			return nil, fmt.Errorf("line %d: key %q is listed twice", n, k)
+		if err := t.add(row{off: uint32(lineOff), klen: uint16(len(key)), vlen: uint16(len(val))}); err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
-		t.index[k] = span{uint32(lineOff + len(key) + 1), uint32(len(val))}
 	}
 	return t, nil
+}
+
+// add indexes e, refusing a key already there.
+func (t *Table) add(e row) error {
+	key := t.key(e)
+	if _, dup := t.find(string(key)); dup {
+		return fmt.Errorf("key %q is listed twice", key)
+	}
+	h := maphash.Bytes(t.seed, key)
+	if _, taken := t.index[h]; !taken {
+		t.index[h] = e
+		return nil
+	}
+	if t.collided == nil {
+		t.collided = map[string]row{}
+	}
+	t.collided[string(key)] = e
+	return nil
 }
 
 // checkEntry validates one line's key and addresses.

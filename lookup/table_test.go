@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/maphash"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -78,7 +79,7 @@ func TestParseTSVPrefixes(t *testing.T) {
 		if err != nil || !strings.HasSuffix(sample[:i], "\n") {
 			continue
 		}
-		for key := range tb.index {
+		for key := range tableKeys(tb) {
 			want, _ := full.Lookup(key)
 			if got, _ := tb.Lookup(key); !reflect.DeepEqual(got, want) {
 				t.Fatalf("prefix %d holds %q → %v, the table %v", i, key, got, want)
@@ -173,7 +174,7 @@ func FuzzParseTSV(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for key := range tb.index {
+		for key := range tableKeys(tb) {
 			if key == "" || len(key) > MaxKeyLen || strings.ContainsAny(key, " \t") {
 				t.Fatalf("key %q was accepted", key)
 			}
@@ -300,4 +301,79 @@ func BenchmarkLookupLatency1M(b *testing.B) {
 	b.ReportMetric(percentile(reloading, 0.99), "reloading-p99-us")
 	b.ReportMetric(percentile(reloading, 0.999), "reloading-p99.9-us")
 	b.ReportMetric(percentile(reloading, 1), "reloading-max-us")
+}
+
+// tableKeys is every key of tb.
+func tableKeys(tb *Table) map[string]bool {
+	keys := map[string]bool{}
+	for _, e := range tb.index {
+		keys[string(tb.key(e))] = true
+	}
+	for k := range tb.collided {
+		keys[k] = true
+	}
+	return keys
+}
+
+// TestTableHashCollision: a key whose hash another key already has is
+// still found (by the key itself), and a key listed twice is still refused.
+func TestTableHashCollision(t *testing.T) {
+	arena := []byte("alice\t10.0.0.1:1\nbob\t10.0.0.2:2\n")
+	tb, err := ParseTSVBytes(arena[:17])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.arena = arena
+	bob := row{off: 17, klen: 3, vlen: 10}
+	tb.index[maphash.String(tb.seed, "bob")] = tb.index[maphash.String(tb.seed, "alice")] // as if both hashed alike
+	delete(tb.index, maphash.String(tb.seed, "alice"))
+	tb.index[maphash.String(tb.seed, "bob")] = row{off: 0, klen: 5, vlen: 10}
+	if err := tb.add(bob); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := tb.Lookup("bob"); !ok || got[0] != "10.0.0.2:2" {
+		t.Fatalf("bob, collided: %v %v", got, ok)
+	}
+	if err := tb.add(bob); err == nil || !strings.Contains(err.Error(), "listed twice") {
+		t.Fatalf("a collided key added twice: %v", err)
+	}
+	if tb.Len() != 2 || len(tableKeys(tb)) != 2 {
+		t.Fatalf("Len %d, keys %v", tb.Len(), tableKeys(tb))
+	}
+}
+
+// TestFileArenasFreed: tables replaced by reloads are unmapped once
+// unreachable, while lookups go on in the current one (a lookup into an
+// unmapped arena would crash the test).
+func TestFileArenasFreed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes.tsv")
+	writeFile(t, path, "alice\t10.0.0.1:1\n")
+	f, err := OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if addrs, ok := f.Table().Lookup("alice"); !ok || !strings.HasPrefix(addrs[0], "10.0.0.") {
+				panic(fmt.Sprint("lookup: ", addrs, ok))
+			}
+		}
+	}()
+	for i := range 200 {
+		writeFile(t, path, fmt.Sprintf("alice\t10.0.0.%d:1\n%s", i%250+1, strings.Repeat("#pad\n", i)))
+		if err := f.reload(); err != nil {
+			t.Fatal(err)
+		}
+		runtime.GC()
+	}
+	close(stop)
+	<-done
 }
