@@ -154,10 +154,13 @@ func BenchmarkLookupReloadStall(b *testing.B) {
 	table := filepath.Join(b.TempDir(), "routes.tsv")
 	writeLookupTable(b, table, "/big.git", upstream)
 	listen := e2e.FreePort(b)
-	static := startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
-		"static": map[string]any{"listen": []string{e2e.FreePort(b)}, "routes": []any{map[string]any{
-			"match": []any{map[string]any{"git": map[string]any{}}}, "handle": []any{map[string]any{"handler": "git", "to": []string{upstream}}}}}},
-	}}}})
+	var static *e2e.Caddy
+	if os.Getenv("PRELUDE_BENCH_CADDY") != "" { // a static Caddy of its own, to compare resident memory
+		static = startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+			"static": map[string]any{"listen": []string{e2e.FreePort(b)}, "routes": []any{map[string]any{
+				"match": []any{map[string]any{"git": map[string]any{}}}, "handle": []any{map[string]any{"handler": "git", "to": []string{upstream}}}}}},
+		}}}})
+	}
 	caddy := startBenchCaddy(b, map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
 		"lookup": map[string]any{"listen": []string{listen}, "routes": []any{map[string]any{
 			"match": []any{map[string]any{"git": map[string]any{}}}, "handle": []any{map[string]any{"handler": "git",
@@ -249,7 +252,7 @@ func BenchmarkLookupReloadStall(b *testing.B) {
 	b.ReportMetric(float64(len(quiet))/float64(b.N)/3, "quiet-setups/s")
 	b.ReportMetric(float64(len(reloading))/float64(b.N)/3, "reloading-setups/s")
 	b.ReportMetric(float64(reloads)/float64(b.N), "reloads/iteration")
-	if caddy.Separate() { // resident memory: only of a Caddy of its own
+	if static != nil && caddy.Separate() { // resident memory: only of a Caddy of its own
 		b.ReportMetric(float64(static.RSS())/(1<<20), "static-caddy-rss-MB")
 		b.ReportMetric(float64(rssQuiet)/(1<<20), "lookup-caddy-rss-MB")
 		b.ReportMetric(float64(caddy.RSS())/(1<<20), "after-reloads-rss-MB")

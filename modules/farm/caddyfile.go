@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddyprelude/prelude/modules/internal/cfutil"
@@ -128,89 +129,20 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	return true, nil
 }
 
-// unmarshalLookup parses
-//
-//	lookup file <path> { key …; refresh … }
-//	lookup http <url> { key …; ttl …; negative_ttl …; stale …|off; timeout …; max_entries … }
-//	lookup redis <url> { key …; prefix …; hash …; (the http cache options) }
+// unmarshalLookup parses `lookup <source> <path or url> { … }` through the
+// source module's own Caddyfile unmarshaler (layer4.lookups.<source>).
 func (f *Farm) unmarshalLookup(d *caddyfile.Dispenser) error {
-	l := &Lookup{}
 	if !d.NextArg() {
 		return d.ArgErr()
 	}
-	l.Source = d.Val()
-	where := &l.URL
-	switch l.Source {
-	case "file":
-		where = &l.Path
-	case "http", "redis":
-	default:
-		return d.Errf("lookup: unknown source %q (want file, http or redis)", l.Source)
+	source := d.Val()
+	if _, err := caddy.GetModule("layer4.lookups." + source); err != nil {
+		return d.Errf("lookup: unknown source %q (want file, http or redis)", source)
 	}
-	if err := cfutil.OneArg(d, where); err != nil {
+	unm, err := caddyfile.UnmarshalModule(d, "layer4.lookups."+source)
+	if err != nil {
 		return err
 	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		if err := l.unmarshalOption(d); err != nil {
-			return err
-		}
-	}
-	f.Lookup = l
+	f.LookupRaw = caddyconfig.JSONModuleObject(unm, "source", source, nil)
 	return nil
-}
-
-func (l *Lookup) unmarshalOption(d *caddyfile.Dispenser) error {
-	sub := d.Val()
-	cached := l.Source != "file"
-	switch {
-	case sub == "key":
-		return cfutil.OneArg(d, &l.Key)
-	case sub == "name":
-		return cfutil.OneArg(d, &l.Name)
-	case sub == "drain_moved":
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		l.DrainMoved = true
-		return nil
-	case sub == "refresh" && l.Source == "file":
-		return cfutil.Duration(d, &l.Refresh)
-	case sub == "prefix" && l.Source == "redis":
-		return cfutil.OneArg(d, &l.Prefix)
-	case sub == "hash" && l.Source == "redis":
-		return cfutil.OneArg(d, &l.Hash)
-	case sub == "ttl" && cached:
-		return cfutil.Duration(d, &l.TTL)
-	case sub == "negative_ttl" && cached:
-		return cfutil.Duration(d, &l.NegativeTTL)
-	case sub == "timeout" && cached:
-		return cfutil.Duration(d, &l.Timeout)
-	case sub == "stale" && cached:
-		var v string
-		if err := cfutil.OneArg(d, &v); err != nil {
-			return err
-		}
-		if v == "off" {
-			l.Stale = -1
-			return nil
-		}
-		dur, err := caddy.ParseDuration(v)
-		if err != nil {
-			return d.Errf("stale: %v", err)
-		}
-		l.Stale = caddy.Duration(dur)
-		return nil
-	case sub == "max_entries" && cached:
-		var n string
-		if err := cfutil.OneArg(d, &n); err != nil {
-			return err
-		}
-		v, err := strconv.Atoi(n)
-		if err != nil || v < 1 {
-			return d.Errf("lookup: max_entries %q is not a positive number", n)
-		}
-		l.MaxEntries = v
-		return nil
-	}
-	return d.Errf("lookup %s: unknown option %q", l.Source, sub)
 }

@@ -5,8 +5,6 @@ import (
 	"slices"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/caddyprelude/prelude/lookup"
 )
 
@@ -27,7 +25,7 @@ type route struct {
 
 // watchMove lists a lease for drain_moved.
 func (f *Farm) watchMove(l *Lease) {
-	if f.Lookup == nil || !f.Lookup.DrainMoved || !l.route.set {
+	if f.table == nil || !f.table.opts.DrainMoved || !l.route.set {
 		return
 	}
 	f.mu.Lock()
@@ -76,7 +74,7 @@ func (f *Farm) drainMoved(ctx context.Context) {
 	}
 	f.mu.Unlock()
 	for key, leases := range byKey {
-		ans, found, err := f.Lookup.current(ctx, key)
+		ans, found, err := f.table.current(ctx, key)
 		if err != nil {
 			continue
 		}
@@ -116,18 +114,4 @@ func stillRouted(l *Lease, ans lookup.Answer, found bool) bool {
 		return false
 	}
 	return slices.Contains(ans.Addrs, l.Member.Addr)
-}
-
-// current is key's answer now, as a new connection would get it, without
-// counting it as a client's lookup.
-func (l *Lookup) current(ctx context.Context, key string) (lookup.Answer, bool, error) {
-	if l.file != nil {
-		addrs, ok := l.file.Table().Lookup(key)
-		return lookup.Answer{Addrs: addrs}, ok, nil
-	}
-	ans, ok, _, err := l.cache.Get(ctx, key)
-	if err != nil {
-		l.logger.Debug("drain_moved: lookup failed; sessions kept", zap.String("key", key), zap.Error(err))
-	}
-	return ans, ok, err
 }

@@ -9,6 +9,7 @@ package farm
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -59,9 +60,11 @@ type Farm struct {
 	// Per-member options (TLS, zone) by address as written; an address
 	// listed only here is a member too.
 	Upstreams []Upstream `json:"upstreams,omitempty"`
-	// A routing table to pick the members by a key per connection; To, if
-	// set, is then the default for keys the table does not hold.
-	Lookup *Lookup `json:"lookup,omitempty"`
+	// A routing table to pick the members by a key per connection: a
+	// guest module of namespace layer4.lookups (file, http, redis), named
+	// by its "source" key. To, if set, is then the default for keys the
+	// table does not hold.
+	LookupRaw json.RawMessage `json:"lookup,omitempty" caddy:"namespace=layer4.lookups inline_key=source"`
 	// Send a PROXY protocol header ("v1" or "v2") to members before
 	// anything else, so that they see the client's address.
 	ProxyProtocol string `json:"proxy_protocol,omitempty"`
@@ -92,6 +95,7 @@ type Farm struct {
 	probe  ProbeFunc
 	cancel context.CancelFunc
 
+	table   *lookupState // the lookup, provisioned from LookupRaw
 	targets []target
 	// to addresses with placeholders, expanded per connection (templates.go)
 	templates []string
@@ -233,17 +237,12 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	}
 	hctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel
-	if l := f.Lookup; l != nil {
-		l.name, l.defaults = l.Name, f.To
-		if l.name == "" {
-			l.name = f.Name
-		}
-		if err := l.provision(hctx, f.logger); err != nil {
+	if f.LookupRaw != nil {
+		if err := f.provisionLookup(ctx); err != nil {
 			cancel()
 			return err
 		}
-		registerLookup(l)
-		if l.DrainMoved {
+		if f.table.opts.DrainMoved {
 			go f.watchMoves(hctx, DrainCheckInterval)
 		}
 	}
@@ -262,15 +261,14 @@ func (f *Farm) policyName() string {
 	return f.LBPolicy
 }
 
+// HasLookup reports whether the farm routes by a lookup (configured, or
+// provisioned).
+func (f *Farm) HasLookup() bool { return f.LookupRaw != nil || f.table != nil }
+
 // Validate reports the first invalid option by its JSON name.
 func (f *Farm) Validate() error {
-	if len(f.To) == 0 && len(f.Upstreams) == 0 && f.Lookup == nil {
+	if len(f.To) == 0 && len(f.Upstreams) == 0 && !f.HasLookup() {
 		return errors.New("to: at least one upstream address is required (or a lookup)")
-	}
-	if f.Lookup != nil {
-		if err := f.Lookup.validate(); err != nil {
-			return err
-		}
 	}
 	if f.ProxyProtocol != "" && f.ProxyProtocol != "v1" && f.ProxyProtocol != "v2" {
 		return fmt.Errorf("proxy_protocol: %q is not v1 or v2", f.ProxyProtocol)
@@ -324,8 +322,8 @@ func (f *Farm) Cleanup() error {
 	farmsMu.Lock()
 	delete(farms, f)
 	farmsMu.Unlock()
-	if f.Lookup != nil {
-		unregisterLookup(f.Lookup)
+	if f.table != nil {
+		unregisterLookup(f.table)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -14,76 +11,64 @@ import (
 	"github.com/caddyprelude/prelude/lookup"
 )
 
-// Lookup routes each connection by a key looked up in a routing table
-// instead of a fixed list of addresses: a hit is the farm's members for
-// that connection (or a refusal with a reason), a miss falls through to
-// To (the default) or, without To, is refused with a NoRouteError naming
-// the key.
+// A LookupSource is a routing table: a guest module of the farm in the
+// namespace layer4.lookups (file, http, redis; lookup_sources.go), chosen
+// by the "source" key of a farm's "lookup" object. A connection's key,
+// built from its placeholders, is looked up: a hit is the farm's members
+// for that connection (or a refusal with a reason), a miss falls through
+// to the farm's to (the default) or, without to, is refused with a
+// NoRouteError naming the key.
 //
-// Sources:
-//   - "file": a TSV file of `key<TAB>address[,address…]` lines, read again
-//     within Refresh of being replaced (lookup.File);
-//   - "http": GET URL with {key} replaced, answering JSON (lookup.HTTP);
-//   - "redis": the string Prefix+key, or the field key of Hash
-//     (lookup.Redis), invalidated by keyspace notifications.
-//
-// http and redis answers are kept in a lookup.Cache (TTL, NegativeTTL,
-// Stale, Timeout, MaxEntries).
-type Lookup struct {
+// A source embeds LookupOptions, the options every source has.
+type LookupSource interface {
+	// Resolve answers key: found false for a key the table does not
+	// hold; an error when the source failed and nothing could be served.
+	Resolve(ctx context.Context, key string) (ans lookup.Answer, found bool, res lookup.Result, err error)
+	// Status is the source's state for GET /prelude/lookups.
+	Status() SourceStatus
+	// Common is the source's LookupOptions.
+	Common() *LookupOptions
+}
+
+// LookupOptions are the options of every lookup source.
+type LookupOptions struct {
+	// The key, with placeholders: "{l4.git.owner}", say.
+	Key string `json:"key"`
 	// Names the lookup in GET /prelude/lookups and metrics. Default: the
 	// farm's name ("git", "amqp default", …).
 	Name string `json:"name,omitempty"`
-	// Where the table comes from: "file", "http" or "redis".
-	Source string `json:"source"`
-	// The table's path, for "file".
-	Path string `json:"path,omitempty"`
-	// The service: for "http" a URL template holding {key}; for "redis"
-	// redis://[user:password@]host:port[/db].
-	URL string `json:"url,omitempty"`
-	// The key, with placeholders: "{l4.git.owner}", say.
-	Key string `json:"key"`
-	// How often the file is checked for changes. Default 250ms.
-	Refresh caddy.Duration `json:"refresh,omitempty"`
-	// For "redis": the string key read is Prefix+key (default
-	// "prelude:route:"), unless Hash is set: then the field key of the
-	// hash Hash.
-	Prefix string `json:"prefix,omitempty"`
-	Hash   string `json:"hash,omitempty"`
-	// The cache of "http" and "redis" answers: how long an answer is used
-	// (default 30s), how long "no such key" is (default 5s), how long an
-	// expired answer is still served while the service fails (default
-	// 1m; -1 never), how long one request may take (default 1s), and the
-	// most keys kept (default 100000).
-	TTL         caddy.Duration `json:"ttl,omitempty"`
-	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
-	Stale       caddy.Duration `json:"stale,omitempty"`
-	Timeout     caddy.Duration `json:"timeout,omitempty"`
-	MaxEntries  int            `json:"max_entries,omitempty"`
 	// When a key's route changes, also end the live sessions that went by
 	// the old route, not only send new ones to the new place. The handler
 	// decides how (amqp: Close 320 at a frame boundary; git: the
 	// connection is closed). Checked every DrainCheckInterval.
 	DrainMoved bool `json:"drain_moved,omitempty"`
+}
 
-	file     *lookup.File
-	cache    *lookup.Cache
+// Common returns o, so that a source embedding LookupOptions has it.
+func (o *LookupOptions) Common() *LookupOptions { return o }
+
+// SourceStatus is what a source says about itself in the admin API:
+// where it reads (a path, or a URL without its password), how many keys
+// it holds (a table) or keeps (a cache), its cache's counters, and a
+// file's last reload error.
+type SourceStatus struct {
+	Where string
+	Size  int
+	Cache *lookup.CacheStats
+	Error string
+}
+
+// lookupState is a farm's provisioned lookup: its source and what the
+// farm keeps about it (name, default, counters).
+type lookupState struct {
+	src      LookupSource
+	opts     *LookupOptions
+	source   string // the module's name: file, http, redis
 	name     string
-	where    string   // the source, for logs and the admin API, without secrets
 	defaults []string // the farm's to, where a miss goes
 	counts   lookupCounters
 	logger   *zap.Logger
 }
-
-// Lookup defaults.
-const (
-	DefaultLookupRefresh     = 250 * time.Millisecond
-	DefaultLookupTTL         = 30 * time.Second
-	DefaultLookupNegativeTTL = 5 * time.Second
-	DefaultLookupStale       = time.Minute
-	DefaultLookupTimeout     = time.Second
-	DefaultLookupMaxEntries  = 100_000
-	DefaultRedisPrefix       = "prelude:route:"
-)
 
 // NoRouteError is a connection whose key the lookup does not hold, with
 // no default to fall through to, or whose key is unusable, or whose
@@ -109,164 +94,45 @@ type RefusedError struct {
 
 func (e *RefusedError) Error() string { return e.Reason }
 
-func (l *Lookup) validate() error {
-	switch {
-	case l.Key == "":
+// provisionLookup loads the farm's lookup source module.
+func (f *Farm) provisionLookup(ctx caddy.Context) error {
+	mod, err := ctx.LoadModule(f, "LookupRaw")
+	if err != nil {
+		return fmt.Errorf("lookup: %v", err)
+	}
+	src, ok := mod.(LookupSource)
+	if !ok {
+		return fmt.Errorf("lookup: module %T is not a lookup source", mod)
+	}
+	info := mod.(caddy.Module).CaddyModule()
+	opts := src.Common()
+	if opts.Key == "" {
 		return errors.New("lookup: a key is required, e.g. key {l4.git.owner}")
-	case l.Refresh < 0 || l.TTL < 0 || l.NegativeTTL < 0 || l.Timeout < 0 || l.MaxEntries < 0 || l.Stale < -1:
-		return errors.New("lookup: durations and max_entries must not be negative (stale -1 turns it off)")
 	}
-	switch l.Source {
-	case "file":
-		if l.Path == "" {
-			return errors.New("lookup file: a path is required")
-		}
-	case "http", "redis":
-		if l.URL == "" {
-			return fmt.Errorf("lookup %s: a URL is required", l.Source)
-		}
-	default:
-		return fmt.Errorf("lookup: unknown source %q (want file, http or redis)", l.Source)
+	l := &lookupState{src: src, opts: opts, source: info.ID.Name(),
+		name: opts.Name, defaults: f.To, logger: f.logger}
+	if l.name == "" {
+		l.name = f.Name
 	}
-	return nil
-}
-
-// provision reads the table or connects to the service (a config with a
-// table that cannot be read does not load; a service that is down does
-// not stop the load) and watches it for the config's lifetime.
-func (l *Lookup) provision(ctx context.Context, logger *zap.Logger) error {
-	l.logger = logger
-	if l.Source == "file" {
-		return l.provisionFile(ctx)
-	}
-	cfg := lookup.CacheConfig{
-		TTL:         orDefault(l.TTL, DefaultLookupTTL),
-		NegativeTTL: orDefault(l.NegativeTTL, DefaultLookupNegativeTTL),
-		Stale:       orDefault(l.Stale, DefaultLookupStale),
-		Timeout:     orDefault(l.Timeout, DefaultLookupTimeout),
-		MaxEntries:  l.MaxEntries,
-	}
-	if l.Stale < 0 {
-		cfg.Stale = 0
-	}
-	if cfg.MaxEntries == 0 {
-		cfg.MaxEntries = DefaultLookupMaxEntries
-	}
-	if l.Source == "http" {
-		return l.provisionHTTP(cfg)
-	}
-	return l.provisionRedis(ctx, cfg)
-}
-
-func orDefault(d caddy.Duration, def time.Duration) time.Duration {
-	if d == 0 {
-		return def
-	}
-	return time.Duration(d)
-}
-
-func (l *Lookup) provisionFile(ctx context.Context) error {
-	if l.Refresh == 0 {
-		l.Refresh = caddy.Duration(DefaultLookupRefresh)
-	}
-	f, err := lookup.OpenFile(l.Path)
-	if err != nil {
-		return fmt.Errorf("lookup file: %w", err)
-	}
-	f.Loaded = func(t *lookup.Table, err error) {
-		if err != nil {
-			l.logger.Error("lookup file not reloaded: keeping the last good table", zap.String("path", l.Path), zap.Error(err))
-			return
-		}
-		l.logger.Info("lookup file reloaded", zap.String("path", l.Path), zap.Int("keys", t.Len()))
-	}
-	l.file = f
-	l.where = l.Path
-	go f.Watch(ctx, time.Duration(l.Refresh))
-	return nil
-}
-
-// lookupTransport is shared by every http lookup: connections to a
-// service are kept and reused across keys and config reloads.
-var lookupTransport = &http.Transport{
-	Proxy:               nil, // the service is the operator's own; no HTTP_PROXY detour
-	DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-	MaxIdleConns:        256,
-	MaxIdleConnsPerHost: 64,
-	IdleConnTimeout:     90 * time.Second,
-	ForceAttemptHTTP2:   true,
-}
-
-func (l *Lookup) provisionHTTP(cfg lookup.CacheConfig) error {
-	h, err := lookup.NewHTTP(l.URL, &http.Client{Transport: lookupTransport,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }})
-	if err != nil {
-		return err
-	}
-	l.where = h.String()
-	l.cache, err = lookup.NewCache(cfg, h.Fetch)
-	if err != nil {
-		return fmt.Errorf("lookup http: %w", err)
-	}
-	return nil
-}
-
-func (l *Lookup) provisionRedis(ctx context.Context, cfg lookup.CacheConfig) error {
-	if l.Prefix == "" && l.Hash == "" {
-		l.Prefix = DefaultRedisPrefix
-	}
-	r, err := lookup.NewRedis(l.URL, l.Prefix, l.Hash)
-	if err != nil {
-		return err
-	}
-	l.where = r.String()
-	if l.cache, err = lookup.NewCache(cfg, r.Fetch); err != nil {
-		r.Close()
-		return fmt.Errorf("lookup redis: %w", err)
-	}
-	go func() {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		on, err := r.NotificationsOn(cctx)
-		cancel()
-		switch {
-		case err != nil:
-			l.logger.Warn("lookup redis: cannot tell whether keyspace notifications are on; route changes may take up to the ttl",
-				zap.String("redis", l.where), zap.Error(err))
-		case !on:
-			l.logger.Warn("lookup redis: keyspace notifications are off (notify-keyspace-events needs K and g$x, or KA); route changes take up to the ttl",
-				zap.String("redis", l.where))
-		}
-		r.Watch(ctx, l.cache, func(subscribed bool, err error) {
-			if err != nil {
-				l.logger.Warn("lookup redis: change notifications interrupted", zap.String("redis", l.where), zap.Error(err))
-			} else {
-				l.logger.Debug("lookup redis: subscribed to change notifications", zap.String("redis", l.where))
-			}
-		})
-		r.Close()
-	}()
+	f.table = l
+	registerLookup(l)
 	return nil
 }
 
 // resolve returns the answer for the connection in ctx (its placeholders,
 // WithReplacer), or ok false on a miss.
-func (l *Lookup) resolve(ctx context.Context) (key string, ans lookup.Answer, ok bool, err error) {
-	key = replacerOf(ctx).ReplaceAll(l.Key, "")
+func (l *lookupState) resolve(ctx context.Context) (key string, ans lookup.Answer, ok bool, err error) {
+	key = replacerOf(ctx).ReplaceAll(l.opts.Key, "")
 	switch {
 	case key == "":
 		return key, ans, false, &NoRouteError{Key: key, Reason: "the key is empty"}
 	case len(key) > lookup.MaxKeyLen:
 		return key[:64] + "…", ans, false, &NoRouteError{Key: key[:64] + "…", Reason: fmt.Sprintf("the key is longer than %d bytes", lookup.MaxKeyLen)}
 	}
-	if l.file != nil {
-		ans.Addrs, ok = l.file.Table().Lookup(key)
-		l.count(ok, ans, lookup.Hit)
-		return key, ans, ok, nil
-	}
-	ans, ok, res, err := l.cache.Get(ctx, key)
+	ans, ok, res, err := l.src.Resolve(ctx, key)
 	if err != nil {
 		l.counts[resultError].Add(1)
-		l.logger.Warn("lookup failed", zap.String("lookup", l.name), zap.String("where", l.where),
+		l.logger.Warn("lookup failed", zap.String("lookup", l.name), zap.String("where", l.src.Status().Where),
 			zap.String("key", key), zap.Error(err))
 		// The client learns that the lookup failed, not the service's
 		// address or its answer.
@@ -276,7 +142,7 @@ func (l *Lookup) resolve(ctx context.Context) (key string, ans lookup.Answer, ok
 	return key, ans, ok, nil
 }
 
-func (l *Lookup) count(found bool, ans lookup.Answer, res lookup.Result) {
+func (l *lookupState) count(found bool, ans lookup.Answer, res lookup.Result) {
 	switch {
 	case !found:
 		l.counts[resultMiss].Add(1)
@@ -287,6 +153,16 @@ func (l *Lookup) count(found bool, ans lookup.Answer, res lookup.Result) {
 	default:
 		l.counts[resultHit].Add(1)
 	}
+}
+
+// current is key's answer now, as a new connection would get it, without
+// counting it as a client's lookup.
+func (l *lookupState) current(ctx context.Context, key string) (lookup.Answer, bool, error) {
+	ans, ok, _, err := l.src.Resolve(ctx, key)
+	if err != nil {
+		l.logger.Debug("drain_moved: lookup failed; sessions kept", zap.String("key", key), zap.Error(err))
+	}
+	return ans, ok, err
 }
 
 type replacerKey struct{}
@@ -313,8 +189,8 @@ func WithReplacer(ctx context.Context, repl *caddy.Replacer) context.Context {
 //
 // rt is the lookup's key and whether the table held it, for drain_moved.
 func (f *Farm) connectionMembers(ctx context.Context) (ms []*Member, only bool, rt route, err error) {
-	if f.Lookup != nil {
-		key, ans, ok, err := f.Lookup.resolve(ctx)
+	if f.table != nil {
+		key, ans, ok, err := f.table.resolve(ctx)
 		if err != nil {
 			return nil, false, rt, err
 		}

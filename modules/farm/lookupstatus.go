@@ -40,22 +40,22 @@ func (c *lookupCounters) snapshot() map[string]uint64 {
 // old ones until the old config is cleaned up.
 var (
 	lookupsMu sync.Mutex
-	lookups   []*Lookup
+	lookups   []*lookupState
 )
 
-func registerLookup(l *Lookup) {
+func registerLookup(l *lookupState) {
 	lookupsMu.Lock()
 	defer lookupsMu.Unlock()
 	lookups = append(lookups, l)
 }
 
-func unregisterLookup(l *Lookup) {
+func unregisterLookup(l *lookupState) {
 	lookupsMu.Lock()
 	defer lookupsMu.Unlock()
-	lookups = slices.DeleteFunc(lookups, func(x *Lookup) bool { return x == l })
+	lookups = slices.DeleteFunc(lookups, func(x *lookupState) bool { return x == l })
 }
 
-func listLookups() []*Lookup {
+func listLookups() []*lookupState {
 	lookupsMu.Lock()
 	defer lookupsMu.Unlock()
 	return slices.Clone(lookups)
@@ -75,19 +75,10 @@ type LookupStatus struct {
 	Error string `json:"error,omitempty"`
 }
 
-func (l *Lookup) status() LookupStatus {
-	st := LookupStatus{Name: l.name, Source: l.Source, Where: l.where, Key: l.Key, Results: l.counts.snapshot()}
-	if l.file != nil {
-		st.Size = l.file.Table().Len()
-		if err := l.file.Err(); err != nil {
-			st.Error = err.Error()
-		}
-	}
-	if l.cache != nil {
-		cs := l.cache.Stats()
-		st.Size, st.Cache = cs.Entries, &cs
-	}
-	return st
+func (l *lookupState) status() LookupStatus {
+	ss := l.src.Status()
+	return LookupStatus{Name: l.name, Source: l.source, Where: ss.Where, Key: l.opts.Key, Size: ss.Size,
+		Results: l.counts.snapshot(), Cache: ss.Cache, Error: ss.Error}
 }
 
 // Lookups is every lookup of the loaded configs.
@@ -129,7 +120,7 @@ type LookupAnswer struct {
 // cached), without counting it as a client's lookup. ok is false when no
 // lookup has that name.
 func ResolveLookup(ctx context.Context, name, key string) (LookupAnswer, bool) {
-	var l *Lookup
+	var l *lookupState
 	for _, x := range listLookups() {
 		if x.name == name {
 			l = x
@@ -139,24 +130,19 @@ func ResolveLookup(ctx context.Context, name, key string) (LookupAnswer, bool) {
 		return LookupAnswer{}, false
 	}
 	a := LookupAnswer{Lookup: name, Key: key}
-	var ans lookup.Answer
-	switch {
-	case len(key) > lookup.MaxKeyLen:
+	if len(key) > lookup.MaxKeyLen {
 		a.Result, a.Error = "failed", "the key is longer than 1024 bytes"
 		return a, true
-	case l.file != nil:
-		ans.Addrs, a.Found = l.file.Table().Lookup(key)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ans, found, r, err := l.src.Resolve(ctx, key)
+	a.Found, a.Result = found, r.String()
+	if l.source == "file" {
 		a.Result = "table"
-	default:
-		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		var r lookup.Result
-		var err error
-		ans, a.Found, r, err = l.cache.Get(ctx, key)
-		a.Result = r.String()
-		if err != nil {
-			a.Error = err.Error()
-		}
+	}
+	if err != nil {
+		a.Error = err.Error()
 	}
 	a.To, a.Refuse = ans.Addrs, ans.Refuse
 	if !a.Found && a.Error == "" {

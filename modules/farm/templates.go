@@ -56,7 +56,7 @@ func fromConnection(name string) bool { return strings.HasPrefix(name, "l4.") }
 // connection (a lookup, or to addresses with placeholders): then they are
 // known only once the connection's placeholders are.
 func (f *Farm) PerConnection() bool {
-	if f.Lookup != nil {
+	if f.HasLookup() {
 		return true
 	}
 	for _, a := range f.To {

@@ -170,7 +170,7 @@ func unmarshalFarm(d *caddyfile.Dispenser, f *farm.Farm, limits **Limits) error 
 			return d.Errf("%s: unknown farm option %q", owner, d.Val())
 		}
 	}
-	if len(f.To) == 0 && len(f.Upstreams) == 0 && f.Lookup == nil {
+	if len(f.To) == 0 && len(f.Upstreams) == 0 && !f.HasLookup() {
 		return d.Errf("%s: a 'to' with at least one upstream address (or a lookup) is required", owner)
 	}
 	return nil

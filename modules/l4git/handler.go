@@ -61,9 +61,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.RequestTimeout = caddy.Duration(DefaultRequestTimeout)
 	}
 	switch {
-	case h.Error != "" && (len(h.To) > 0 || h.Lookup != nil || h.Rewrite != ""):
+	case h.Error != "" && (len(h.To) > 0 || h.HasLookup() || h.Rewrite != ""):
 		return errors.New("error: answers the request itself; it excludes to, lookup and rewrite")
-	case h.Error == "" && len(h.To) == 0 && h.Lookup == nil:
+	case h.Error == "" && len(h.To) == 0 && !h.HasLookup():
 		return errors.New("to: an upstream is required (or a lookup, or error to refuse the request)")
 	case h.Error != "":
 		return nil
