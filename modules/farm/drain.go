@@ -59,9 +59,9 @@ func (f *Farm) watchMoves(ctx context.Context, interval time.Duration) {
 }
 
 // drainMoved ends each live session whose key now routes elsewhere: the
-// key's answer no longer lists its member, it now refuses, it is gone
-// from the table (the session came by it), or it is now in the table (the
-// session came by the default). A failed lookup ends nothing. Each
+// key's answer no longer lists its member (also when the key entered the
+// table and the session came by the default), it now refuses, or it left
+// the table (the session came by it). A failed lookup ends nothing. Each
 // session is ended once, through OnMoved (or by closing its upstream
 // connection).
 func (f *Farm) drainMoved(ctx context.Context) {
@@ -106,11 +106,14 @@ func (f *Farm) drainMoved(ctx context.Context) {
 	}
 }
 
+// stillRouted reports whether a new connection with l's key could go where
+// l went: to a member the answer lists, or to the default when the table
+// still does not hold the key.
 func stillRouted(l *Lease, ans lookup.Answer, found bool) bool {
 	switch {
 	case !found:
 		return !l.route.hit
-	case ans.Refuse != "" || !l.route.hit:
+	case ans.Refuse != "":
 		return false
 	}
 	return slices.Contains(ans.Addrs, l.Member.Addr)
