@@ -88,7 +88,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzGreetingAndCommands$$' -fuzztime $(FUZZTIME) ./zmtp/
 	$(GO) test -run '^$$' -fuzz '^FuzzDelivery$$' -fuzztime $(FUZZTIME) ./amqp/stream/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadNDJSON$$' -fuzztime $(FUZZTIME) ./amqp/replay/
-	for t in FuzzParseTSV FuzzParseAnswer; do \
+	for t in FuzzParseTSV FuzzJSONToTSV FuzzParseAnswer; do \
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./lookup/ || exit 1; \
 	done
 

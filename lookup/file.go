@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// File is a Table read from a TSV file and read again whenever the file
+// File is a Table read from a TSV file (or a JSON map, for a path ending
+// in .json: JSONToTSV) and read again whenever the file
 // changes (its size, modification time or inode: an editor's in-place save
 // and a rename over it both count). A file that does not parse keeps the
 // last good table; Err says why until a good one replaces it.
@@ -93,6 +95,14 @@ func (f *File) reload() error {
 	b, free, err := readArena(f.path)
 	if err != nil {
 		return f.fail(err)
+	}
+	if strings.HasSuffix(f.path, ".json") {
+		tsv, err := JSONToTSV(b)
+		free()
+		if err != nil {
+			return f.fail(fmt.Errorf("%s: %w", f.path, err))
+		}
+		b, free = tsv, func() {} // a heap arena: JSON tables are the small ones
 	}
 	if len(b) > 0 && b[len(b)-1] != '\n' {
 		free()

@@ -6,6 +6,7 @@ package lookup
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -193,4 +194,62 @@ func CheckAddress(a string) error {
 		return fmt.Errorf("address %q has no valid port", a)
 	}
 	return nil
+}
+
+// JSONToTSV turns a JSON object mapping each key to its addresses — a
+// string "host:port[,host:port…]" or an array of "host:port" strings —
+// into the TSV text ParseTSVBytes reads, keys in the object's order. A key
+// with a tab, a newline or white space, or a value of another type, is an
+// error naming the key; the addresses are checked by the TSV parse.
+func JSONToTSV(b []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, errors.New("not a JSON object of key → addresses")
+	}
+	var out bytes.Buffer
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("reading the JSON map: %v", err)
+		}
+		key := t.(string) // object keys are strings
+		if strings.ContainsAny(key, " \t\r\n") || key == "" || len(key) > MaxKeyLen {
+			return nil, fmt.Errorf("key %q: empty, longer than %d bytes, or with white space", key, MaxKeyLen)
+		}
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return nil, fmt.Errorf("key %q: %v", key, err)
+		}
+		var addrs string
+		switch v := v.(type) {
+		case string:
+			addrs = v
+		case []any:
+			parts := make([]string, 0, len(v))
+			for _, a := range v {
+				s, ok := a.(string)
+				if !ok {
+					return nil, fmt.Errorf("key %q: addresses must be strings", key)
+				}
+				parts = append(parts, s)
+			}
+			addrs = strings.Join(parts, ",")
+		default:
+			return nil, fmt.Errorf("key %q: the value must be an address string or an array of them", key)
+		}
+		if strings.ContainsAny(addrs, "\t\r\n") {
+			return nil, fmt.Errorf("key %q: an address holds white space", key)
+		}
+		out.WriteString(key)
+		out.WriteByte('\t')
+		out.WriteString(addrs)
+		out.WriteByte('\n')
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("reading the JSON map: %v", err)
+	}
+	if dec.More() || dec.InputOffset() < int64(len(bytes.TrimRight(b, " \t\r\n"))) {
+		return nil, errors.New("data after the JSON object")
+	}
+	return out.Bytes(), nil
 }

@@ -377,3 +377,75 @@ func TestFileArenasFreed(t *testing.T) {
 	close(stop)
 	<-done
 }
+
+const sampleJSON = `{"alice": "10.0.0.1:9418", "bob": ["git-b.internal:9418", "git-c.internal:9418"], "carol": "[::1]:9418"}`
+
+func TestJSONToTSV(t *testing.T) {
+	tsv, err := JSONToTSV([]byte(sampleJSON + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := ParseTSVBytes(tsv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := tb.Lookup("bob"); !ok || !reflect.DeepEqual(got, []string{"git-b.internal:9418", "git-c.internal:9418"}) {
+		t.Fatalf("bob: %v %v", got, ok)
+	}
+	for in, want := range map[string]string{
+		`[]`:                         "not a JSON object",
+		`{"a b": "1.2.3.4:1"}`:       "white space",
+		`{"a": 5}`:                   "must be an address string",
+		`{"a": [5]}`:                 "must be strings",
+		`{"a": "1.2.3.4:1\t"}`:       "white space",
+		`{"a": "1.2.3.4:1"} {}`:      "after the JSON object",
+		`{"a": "1.2.3.4:1", "a": 1}`: "must be an address string",
+	} {
+		if _, err := JSONToTSV([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", in, err, want)
+		}
+	}
+	// Every prefix of the sample: an error, never a panic or a table.
+	for i := range len(sampleJSON) {
+		if _, err := JSONToTSV([]byte(sampleJSON[:i])); err == nil {
+			t.Errorf("prefix %q was taken", sampleJSON[:i])
+		}
+	}
+}
+
+// TestFileJSON: a .json path is read as a JSON map, and a replaced map
+// is used within a second.
+func TestFileJSON(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routes.json")
+	writeFile(t, path, sampleJSON)
+	f, err := OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go f.Watch(ctx, 50*time.Millisecond)
+	if got, ok := f.Table().Lookup("alice"); !ok || got[0] != "10.0.0.1:9418" {
+		t.Fatalf("alice: %v %v", got, ok)
+	}
+	writeFile(t, path, `{"alice": "10.0.0.7:9418"}`)
+	waitFor(t, "the new map", func() bool { got, _ := f.Table().Lookup("alice"); return len(got) == 1 && got[0] == "10.0.0.7:9418" })
+	writeFile(t, path, `{"alice": "10.0.0.8:9418"`) // truncated: the last good map stays
+	time.Sleep(200 * time.Millisecond)
+	if got, _ := f.Table().Lookup("alice"); got[0] != "10.0.0.7:9418" || f.Err() == nil {
+		t.Fatalf("after a truncated map: %v, error %v", got, f.Err())
+	}
+}
+
+func FuzzJSONToTSV(f *testing.F) {
+	f.Add([]byte(sampleJSON))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tsv, err := JSONToTSV(b)
+		if err != nil {
+			return
+		}
+		if _, err := ParseTSVBytes(tsv); err != nil && !strings.Contains(err.Error(), "address") && !strings.Contains(err.Error(), "listed twice") && !strings.Contains(err.Error(), "longer than") {
+			t.Fatalf("%q: converted to a TSV that fails for another reason: %v", b, err)
+		}
+	})
+}
