@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"syscall"
 )
+
+// readChunk is how much readArena reads at once.
+const readChunk = 1 << 20
 
 // readArena reads the file at path into memory mapped outside the Go heap,
 // so that a table's text does not count towards the collector's heap goal
@@ -35,9 +37,15 @@ func readArena(path string) (b []byte, free func(), err error) {
 		return nil, nil, fmt.Errorf("%s: mapping %d bytes: %w", path, size, err)
 	}
 	free = func() { _ = syscall.Munmap(m) }
-	if _, err := io.ReadFull(f, m); err != nil {
-		free()
-		return nil, nil, fmt.Errorf("%s: the file changed while it was read: %v", path, err)
+	for off := 0; off < len(m); off += readChunk {
+		// In chunks, yielding between them: one read of the whole file
+		// keeps a thread in the kernel for tens of milliseconds, which a
+		// Caddy on one CPU takes from its connections.
+		if _, err := io.ReadFull(f, m[off:min(off+readChunk, len(m))]); err != nil {
+			free()
+			return nil, nil, fmt.Errorf("%s: the file changed while it was read: %v", path, err)
+		}
+		yield()
 	}
 	var one [1]byte
 	if n, _ := f.Read(one[:]); n > 0 {
@@ -47,8 +55,7 @@ func readArena(path string) (b []byte, free func(), err error) {
 	return m, free, nil
 }
 
-// ownArena unmaps t's arena once t is unreachable: nothing else points
-// into it (Lookup returns copies, and errors quote copies).
-func ownArena(t *Table, free func()) {
-	runtime.AddCleanup(t, func(free func()) { free() }, free)
-}
+// ownArena makes free part of t's mappings: t's arena is unmapped with
+// its index. Nothing else points into the arena (Lookup returns copies,
+// and errors quote copies).
+func ownArena(t *Table, free func()) { t.mem.frees = append(t.mem.frees, free) }

@@ -46,8 +46,38 @@ func OpenFile(path string) (*File, error) {
 	return f, nil
 }
 
-// Table is the current table; never nil after OpenFile.
+// Table is the current table; never nil after OpenFile. Use Lookup to
+// look keys up: a table a reload replaced is unmapped once the lookups
+// under way through Lookup are done, and calling its Lookup then crashes.
+// Len is safe on any table.
 func (f *File) Table() *Table { return f.table.Load() }
+
+// Lookup looks key up in the current table.
+func (f *File) Lookup(key string) ([]string, bool) {
+	for {
+		t := f.table.Load()
+		t.readers.Add(1)
+		// Still current: retire(t) has not begun, or sees this reader
+		// and waits for it.
+		if f.table.Load() == t {
+			addrs, ok := t.Lookup(key)
+			t.readers.Add(-1)
+			return addrs, ok
+		}
+		t.readers.Add(-1) // replaced meanwhile: use the new one
+	}
+}
+
+// retire unmaps a table a reload replaced, once the lookups that began
+// before the replacement are done. The memory is outside the Go heap:
+// waiting for the collector to find the table unreachable could keep many
+// replaced tables mapped when reloads are frequent and the heap is quiet.
+func retire(t *Table) {
+	for t.readers.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	t.mem.release()
+}
 
 // Err is why the last reload failed, or nil if the table is the file's
 // current content.
@@ -115,8 +145,11 @@ func (f *File) reload() error {
 	}
 	ownArena(t, free)
 	f.seen = st
-	f.table.Store(t)
+	old := f.table.Swap(t)
 	f.err.Store(nil)
+	if old != nil {
+		go retire(old)
+	}
 	return nil
 }
 

@@ -15,6 +15,9 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
 )
 
 // MaxKeyLen bounds a key, in a table and in a lookup: longer keys are
@@ -25,25 +28,49 @@ const MaxKeyLen = 1024
 // about 60 µs of work.
 const yieldEvery = 128
 
+// yield lets connection setups run beside a reload's parse (measured:
+// BenchmarkLookupReloadStall). Parking on a short timer instead was
+// measured too, and was no better.
+func yield() { runtime.Gosched() }
+
 // maxLineLen bounds a table line (key, tab, addresses).
 const maxLineLen = 64 << 10
 
 // A Table is an immutable key → addresses map, compact enough for millions
 // of keys: every key and value lives in one byte arena (the table's own
-// text), and the index maps a 64-bit hash of each key to its line's place
-// in the arena. The index holds no pointers, so the garbage collector
-// never scans it, and a file's arena lives outside the Go heap
-// (readArena), so neither counts towards the collector's heap goal: a
-// table of a million keys does not double the process's memory in GC
-// headroom, and a reload's new table gives the collector almost nothing
-// to mark.
+// text), and an index maps a 64-bit hash of each key to its line's place
+// in the arena. The index holds no pointers and lives outside the Go heap
+// (index.go), and so does a file's arena (readArena): the garbage
+// collector neither scans a table nor counts it towards its heap goal, so
+// a table of a million keys costs its own size in memory and not that
+// again in collector headroom, and a reload gives the collector nothing
+// to mark. Both are unmapped once the table is unreachable.
 type Table struct {
 	arena []byte
-	index map[uint64]row
-	// keys whose hash another key already has (rare: about one pair in
-	// 2^64/n²), by the key itself
-	collided map[string]row
-	seed     maphash.Seed
+	idx   *index
+	seed  maphash.Seed
+	mem   *mappings
+	// readers counts lookups under way through a File, which unmaps a
+	// replaced table once none is left (File.retire).
+	readers atomic.Int64
+}
+
+// mappings are the memory a table maps outside the Go heap, unmapped once:
+// by File.retire when a reload replaces the table, or else by a cleanup
+// once the table is unreachable.
+type mappings struct {
+	once     sync.Once
+	frees    []func()
+	released atomic.Bool
+}
+
+func (m *mappings) release() {
+	m.once.Do(func() {
+		for _, free := range m.frees {
+			free()
+		}
+		m.released.Store(true)
+	})
 }
 
 // row is a line's place in the arena: the key at off, klen bytes; the
@@ -62,7 +89,7 @@ func (t *Table) value(e row) []byte {
 }
 
 // Len is the number of keys.
-func (t *Table) Len() int { return len(t.index) + len(t.collided) }
+func (t *Table) Len() int { return t.idx.n }
 
 // Lookup returns key's addresses (copies, not views of the arena), or nil
 // and false for a key the table does not hold (or one longer than
@@ -79,12 +106,7 @@ func (t *Table) Lookup(key string) ([]string, bool) {
 }
 
 func (t *Table) find(key string) (row, bool) {
-	e, ok := t.index[maphash.String(t.seed, key)]
-	if ok && string(t.key(e)) == key {
-		return e, true
-	}
-	e, ok = t.collided[key]
-	return e, ok
+	return t.idx.find(t, maphash.String(t.seed, key), key)
 }
 
 // ParseTSV reads a table of lines `key<TAB>address[,address…]`, where an
@@ -107,19 +129,33 @@ func ParseTSVBytes(b []byte) (*Table, error) {
 	if len(b) > 1<<32-1 {
 		return nil, errors.New("the table is larger than 4 GiB")
 	}
-	t := &Table{arena: b, index: make(map[uint64]row, bytes.Count(b, []byte{'\n'})+1), seed: maphash.MakeSeed()}
+	idx, err := newIndex(countLines(b))
+	if err != nil {
+		return nil, err
+	}
+	t := &Table{arena: b, idx: idx, seed: maphash.MakeSeed(), mem: &mappings{frees: []func(){idx.free}}}
+	if err := t.parse(b); err != nil {
+		idx.free()
+		return nil, err
+	}
+	runtime.AddCleanup(t, (*mappings).release, t.mem)
+	return t, nil
+}
+
+// parse indexes every line of b, the table's arena.
+func (t *Table) parse(b []byte) error {
 	for n, off := 1, 0; off < len(b); n++ {
 		if n%yieldEvery == 0 {
 			// A reload parses beside live connection setups: let them run
 			// between short stretches (measured: BenchmarkLookupReloadStall).
-			runtime.Gosched()
+			yield()
 		}
 		end := bytes.IndexByte(b[off:], '\n')
 		if end < 0 {
 			end = len(b) - off
 		}
 		if end > maxLineLen {
-			return nil, fmt.Errorf("line %d: longer than %d bytes", n, maxLineLen)
+			return fmt.Errorf("line %d: longer than %d bytes", n, maxLineLen)
 		}
 		line := bytes.TrimRight(b[off:off+end], "\r")
 		lineOff := off
@@ -129,33 +165,35 @@ func ParseTSVBytes(b []byte) (*Table, error) {
 		}
 		key, val, ok := bytes.Cut(line, []byte{'\t'})
 		if !ok {
-			return nil, fmt.Errorf("line %d: no tab between the key and its addresses", n)
+			return fmt.Errorf("line %d: no tab between the key and its addresses", n)
 		}
 		if err := checkEntry(key, val); err != nil {
-			return nil, fmt.Errorf("line %d: %w", n, err)
+			return fmt.Errorf("line %d: %w", n, err)
 		}
 		if err := t.add(row{off: uint32(lineOff), klen: uint16(len(key)), vlen: uint16(len(val))}); err != nil {
-			return nil, fmt.Errorf("line %d: %w", n, err)
+			return fmt.Errorf("line %d: %w", n, err)
 		}
 	}
-	return t, nil
+	return nil
+}
+
+// countLines is an upper bound of the lines in b, counted a chunk at a
+// time with yields between (bytes.Count cannot be preempted).
+func countLines(b []byte) int {
+	n := 1
+	for off := 0; off < len(b); off += readChunk {
+		n += bytes.Count(b[off:min(off+readChunk, len(b))], []byte{'\n'})
+		yield()
+	}
+	return n
 }
 
 // add indexes e, refusing a key already there.
 func (t *Table) add(e row) error {
 	key := t.key(e)
-	if _, dup := t.find(string(key)); dup {
+	if t.idx.insert(t, maphash.Bytes(t.seed, key), e) {
 		return fmt.Errorf("key %q is listed twice", key)
 	}
-	h := maphash.Bytes(t.seed, key)
-	if _, taken := t.index[h]; !taken {
-		t.index[h] = e
-		return nil
-	}
-	if t.collided == nil {
-		t.collided = map[string]row{}
-	}
-	t.collided[string(key)] = e
 	return nil
 }
 
@@ -172,8 +210,12 @@ func checkEntry(key, val []byte) error {
 	if len(val) == 0 {
 		return fmt.Errorf("key %q has no address", key)
 	}
-	for _, a := range bytes.Split(val, []byte{','}) {
-		if err := CheckAddress(string(a)); err != nil {
+	for rest, more := val, true; more; {
+		var a []byte
+		a, rest, more = bytes.Cut(rest, []byte{','})
+		// A view, not a copy: a reload checks millions of addresses, and
+		// CheckAddress keeps nothing of its argument (its errors quote a copy).
+		if err := CheckAddress(unsafe.String(unsafe.SliceData(a), len(a))); err != nil {
 			return fmt.Errorf("key %q: %w", key, err)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"hash/maphash"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -124,7 +123,7 @@ func TestFileReloads(t *testing.T) {
 	defer cancel()
 	go f.Watch(ctx, 50*time.Millisecond)
 	lookup := func(key string) string {
-		a, _ := f.Table().Lookup(key)
+		a, _ := f.Lookup(key)
 		return strings.Join(a, ",")
 	}
 
@@ -220,7 +219,9 @@ func BenchmarkLoad1M(b *testing.B) {
 	b.StopTimer()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "MB")
+	heap := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / (1 << 20)
+	b.ReportMetric(heap, "heap-MB") // the arena: ParseTSV reads it into the heap (File does not)
+	b.ReportMetric(float64(len(keep.idx.mem))/(1<<20), "index-MB")
 	runtime.KeepAlive(keep)
 }
 
@@ -306,45 +307,51 @@ func BenchmarkLookupLatency1M(b *testing.B) {
 // tableKeys is every key of tb.
 func tableKeys(tb *Table) map[string]bool {
 	keys := map[string]bool{}
-	for _, e := range tb.index {
-		keys[string(tb.key(e))] = true
-	}
-	for k := range tb.collided {
-		keys[k] = true
+	for _, sl := range tb.idx.slots {
+		if sl.r.klen != 0 {
+			keys[string(tb.key(sl.r))] = true
+		}
 	}
 	return keys
 }
 
-// TestTableHashCollision: a key whose hash another key already has is
-// still found (by the key itself), and a key listed twice is still refused.
-func TestTableHashCollision(t *testing.T) {
-	arena := []byte("alice\t10.0.0.1:1\nbob\t10.0.0.2:2\n")
-	tb, err := ParseTSVBytes(arena[:17])
+// TestIndexCollisions: keys whose hashes are equal, or whose home slots
+// are taken, are all found, past the end of the slots too; a key listed
+// twice is refused; a missing key ends at an empty slot.
+func TestIndexCollisions(t *testing.T) {
+	arena := []byte("alice\t10.0.0.1:1\nbob\t10.0.0.2:2\ncarol\t10.0.0.3:3\n")
+	idx, err := newIndex(3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb.arena = arena
-	bob := row{off: 17, klen: 3, vlen: 10}
-	tb.index[maphash.String(tb.seed, "bob")] = tb.index[maphash.String(tb.seed, "alice")] // as if both hashed alike
-	delete(tb.index, maphash.String(tb.seed, "alice"))
-	tb.index[maphash.String(tb.seed, "bob")] = row{off: 0, klen: 5, vlen: 10}
-	if err := tb.add(bob); err != nil {
-		t.Fatal(err)
+	defer idx.free()
+	tb := &Table{arena: arena, idx: idx}
+	rows := []row{{0, 5, 10}, {17, 3, 10}, {32, 5, 10}}
+	last := ^uint64(0) // the last slot: probing wraps around
+	for _, r := range rows {
+		if idx.insert(tb, last, r) {
+			t.Fatalf("%s refused", tb.key(r))
+		}
 	}
-	if got, ok := tb.Lookup("bob"); !ok || got[0] != "10.0.0.2:2" {
-		t.Fatalf("bob, collided: %v %v", got, ok)
+	for i, key := range []string{"alice", "bob", "carol"} {
+		if r, ok := idx.find(tb, last, key); !ok || r != rows[i] {
+			t.Errorf("%s: %v %v", key, r, ok)
+		}
 	}
-	if err := tb.add(bob); err == nil || !strings.Contains(err.Error(), "listed twice") {
-		t.Fatalf("a collided key added twice: %v", err)
+	if _, ok := idx.find(tb, last, "dave"); ok {
+		t.Error("dave found")
 	}
-	if tb.Len() != 2 || len(tableKeys(tb)) != 2 {
-		t.Fatalf("Len %d, keys %v", tb.Len(), tableKeys(tb))
+	if !idx.insert(tb, last, rows[1]) {
+		t.Error("bob inserted twice")
+	}
+	if idx.n != 3 || len(tableKeys(tb)) != 3 {
+		t.Fatalf("n %d, keys %v", idx.n, tableKeys(tb))
 	}
 }
 
-// TestFileArenasFreed: tables replaced by reloads are unmapped once
-// unreachable, while lookups go on in the current one (a lookup into an
-// unmapped arena would crash the test).
+// TestFileArenasFreed: tables replaced by reloads are unmapped once the
+// lookups under way in them are done, while lookups go on (a lookup into
+// an unmapped table would crash the test).
 func TestFileArenasFreed(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "routes.tsv")
 	writeFile(t, path, "alice\t10.0.0.1:1\n")
@@ -362,20 +369,37 @@ func TestFileArenasFreed(t *testing.T) {
 				return
 			default:
 			}
-			if addrs, ok := f.Table().Lookup("alice"); !ok || !strings.HasPrefix(addrs[0], "10.0.0.") {
+			if addrs, ok := f.Lookup("alice"); !ok || !strings.HasPrefix(addrs[0], "10.0.0.") {
 				panic(fmt.Sprint("lookup: ", addrs, ok))
 			}
 		}
 	}()
+	var replaced []*Table
 	for i := range 200 {
+		replaced = append(replaced, f.Table())
 		writeFile(t, path, fmt.Sprintf("alice\t10.0.0.%d:1\n%s", i%250+1, strings.Repeat("#pad\n", i)))
 		if err := f.reload(); err != nil {
 			t.Fatal(err)
 		}
-		runtime.GC()
+		if i%20 == 0 {
+			runtime.GC()
+		}
 	}
 	close(stop)
 	<-done
+	// Every replaced table is unmapped without waiting for the collector
+	// (they are all still reachable here, through replaced).
+	waitFor(t, "every replaced table unmapped", func() bool {
+		for _, old := range replaced {
+			if !old.mem.released.Load() {
+				return false
+			}
+		}
+		return true
+	})
+	if f.Table().mem.released.Load() {
+		t.Fatal("the current table was unmapped")
+	}
 }
 
 const sampleJSON = `{"alice": "10.0.0.1:9418", "bob": ["git-b.internal:9418", "git-c.internal:9418"], "carol": "[::1]:9418"}`
@@ -425,14 +449,14 @@ func TestFileJSON(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go f.Watch(ctx, 50*time.Millisecond)
-	if got, ok := f.Table().Lookup("alice"); !ok || got[0] != "10.0.0.1:9418" {
+	if got, ok := f.Lookup("alice"); !ok || got[0] != "10.0.0.1:9418" {
 		t.Fatalf("alice: %v %v", got, ok)
 	}
 	writeFile(t, path, `{"alice": "10.0.0.7:9418"}`)
-	waitFor(t, "the new map", func() bool { got, _ := f.Table().Lookup("alice"); return len(got) == 1 && got[0] == "10.0.0.7:9418" })
+	waitFor(t, "the new map", func() bool { got, _ := f.Lookup("alice"); return len(got) == 1 && got[0] == "10.0.0.7:9418" })
 	writeFile(t, path, `{"alice": "10.0.0.8:9418"`) // truncated: the last good map stays
 	time.Sleep(200 * time.Millisecond)
-	if got, _ := f.Table().Lookup("alice"); got[0] != "10.0.0.7:9418" || f.Err() == nil {
+	if got, _ := f.Lookup("alice"); got[0] != "10.0.0.7:9418" || f.Err() == nil {
 		t.Fatalf("after a truncated map: %v, error %v", got, f.Err())
 	}
 }

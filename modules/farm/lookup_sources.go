@@ -82,7 +82,7 @@ func (l *FileLookup) Provision(ctx caddy.Context) error {
 
 // Resolve looks key up in the current table.
 func (l *FileLookup) Resolve(_ context.Context, key string) (lookup.Answer, bool, lookup.Result, error) {
-	addrs, ok := l.file.Table().Lookup(key)
+	addrs, ok := l.file.Lookup(key)
 	return lookup.Answer{Addrs: addrs}, ok, lookup.Hit, nil
 }
 
