@@ -193,8 +193,8 @@ type HTTPLookup struct {
 	URL string `json:"url"`
 	CacheOptions
 
-	cache *lookup.Cache
-	where string
+	shared  *sharedCache
+	poolKey string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -213,8 +213,9 @@ var lookupTransport = &http.Transport{
 	ForceAttemptHTTP2:   true,
 }
 
-// Provision checks the URL and makes the cache. A service that is down
-// does not stop the load.
+// Provision checks the URL and takes the cache (a service that is down
+// does not stop the load). A config reload that keeps the lookup as it
+// was keeps its cache, warm (sharedCaches).
 func (l *HTTPLookup) Provision(caddy.Context) error {
 	h, err := lookup.NewHTTP(l.URL, &http.Client{Transport: lookupTransport,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }})
@@ -225,21 +226,31 @@ func (l *HTTPLookup) Provision(caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("lookup http: %w", err)
 	}
-	l.where = h.String()
-	l.cache, err = lookup.NewCache(cfg, h.Fetch)
+	l.poolKey = fmt.Sprintf("http\x00%s\x00%+v", l.URL, cfg)
+	v, _, err := sharedCaches.LoadOrNew(l.poolKey, func() (caddy.Destructor, error) {
+		c, err := lookup.NewCache(cfg, h.Fetch)
+		return &sharedCache{cache: c, where: h.String(), stop: func() {}}, err
+	})
+	if err != nil {
+		return fmt.Errorf("lookup http: %w", err)
+	}
+	l.shared = v.(*sharedCache)
+	return nil
+}
+
+// Cleanup lets go of the cache; the last config to hold it drops it.
+func (l *HTTPLookup) Cleanup() error {
+	_, err := sharedCaches.Delete(l.poolKey)
 	return err
 }
 
 // Resolve answers key from the cache or the service.
 func (l *HTTPLookup) Resolve(ctx context.Context, key string) (lookup.Answer, bool, lookup.Result, error) {
-	return l.cache.Get(ctx, key)
+	return l.shared.cache.Get(ctx, key)
 }
 
 // Status reports the URL without its password and the cache.
-func (l *HTTPLookup) Status() SourceStatus {
-	cs := l.cache.Stats()
-	return SourceStatus{Where: l.where, Size: cs.Entries, Cache: &cs}
-}
+func (l *HTTPLookup) Status() SourceStatus { return l.shared.status() }
 
 // UnmarshalCaddyfile parses `http <url> { key …; name …; ttl …; … }`.
 func (l *HTTPLookup) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -259,8 +270,8 @@ type RedisLookup struct {
 	Hash   string `json:"hash,omitempty"`
 	CacheOptions
 
-	cache *lookup.Cache
-	where string
+	shared  *sharedCache
+	poolKey string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -269,33 +280,54 @@ func (RedisLookup) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision connects (lazily: a server that is down does not stop the
-// load) and subscribes to change notifications for the config's
-// lifetime.
-func (l *RedisLookup) Provision(ctx caddy.Context) error {
+// load) and subscribes to change notifications until the last config
+// using this lookup as it is ends: a config reload that keeps the lookup
+// keeps its cache, warm, and its subscription (sharedCaches).
+func (l *RedisLookup) Provision(caddy.Context) error {
 	if l.Prefix == "" && l.Hash == "" {
 		l.Prefix = DefaultRedisPrefix
 	}
-	r, err := lookup.NewRedis(l.URL, l.Prefix, l.Hash)
+	cfg, err := l.config()
+	if err != nil {
+		return fmt.Errorf("lookup redis: %w", err)
+	}
+	l.poolKey = fmt.Sprintf("redis\x00%s\x00%s\x00%s\x00%+v", l.URL, l.Prefix, l.Hash, cfg)
+	v, _, err := sharedCaches.LoadOrNew(l.poolKey, func() (caddy.Destructor, error) {
+		r, err := lookup.NewRedis(l.URL, l.Prefix, l.Hash)
+		if err != nil {
+			return nil, err
+		}
+		c, err := lookup.NewCache(cfg, r.Fetch)
+		if err != nil {
+			_ = r.Close()
+			return nil, fmt.Errorf("lookup redis: %w", err)
+		}
+		wctx, stop := context.WithCancel(context.Background())
+		sc := &sharedCache{cache: c, where: r.String(), stop: stop}
+		go sc.watchRedis(wctx, r)
+		return sc, nil
+	})
 	if err != nil {
 		return err
 	}
-	l.where = r.String()
-	cfg, err := l.config()
-	if err == nil {
-		l.cache, err = lookup.NewCache(cfg, r.Fetch)
-	}
-	if err != nil {
-		_ = r.Close()
-		return fmt.Errorf("lookup redis: %w", err)
-	}
-	go l.watch(ctx, r, ctx.Logger())
+	l.shared = v.(*sharedCache)
 	return nil
 }
 
-// watch checks that the server publishes keyspace notifications, then
-// follows them until the config ends.
-func (l *RedisLookup) watch(ctx context.Context, r *lookup.Redis, logger *zap.Logger) {
+// Cleanup lets go of the cache; the last config to hold it drops it and
+// its subscription.
+func (l *RedisLookup) Cleanup() error {
+	_, err := sharedCaches.Delete(l.poolKey)
+	return err
+}
+
+// watchRedis checks that the server publishes keyspace notifications, then
+// follows them until no config holds the cache (Destruct).
+func (c *sharedCache) watchRedis(ctx context.Context, r *lookup.Redis) {
 	defer r.Close()
+	// The logger of the config running now: this outlives the config
+	// that made it.
+	logger := func() *zap.Logger { return caddy.Log().Named("layer4.lookups.redis") }
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	on, err := r.NotificationsOn(cctx)
 	cancel()
@@ -303,30 +335,52 @@ func (l *RedisLookup) watch(ctx context.Context, r *lookup.Redis, logger *zap.Lo
 	case ctx.Err() != nil:
 		return
 	case err != nil:
-		logger.Warn("lookup redis: cannot tell whether keyspace notifications are on; route changes may take up to the ttl",
-			zap.String("redis", l.where), zap.Error(err))
+		logger().Warn("lookup redis: cannot tell whether keyspace notifications are on; route changes may take up to the ttl",
+			zap.String("redis", c.where), zap.Error(err))
 	case !on:
-		logger.Warn("lookup redis: keyspace notifications are off (notify-keyspace-events needs K and g$x, or KA); route changes take up to the ttl",
-			zap.String("redis", l.where))
+		logger().Warn("lookup redis: keyspace notifications are off (notify-keyspace-events needs K and g$x, or KA); route changes take up to the ttl",
+			zap.String("redis", c.where))
 	}
-	r.Watch(ctx, l.cache, func(subscribed bool, err error) {
+	r.Watch(ctx, c.cache, func(subscribed bool, err error) {
 		if err != nil {
-			logger.Warn("lookup redis: change notifications interrupted", zap.String("redis", l.where), zap.Error(err))
+			logger().Warn("lookup redis: change notifications interrupted", zap.String("redis", c.where), zap.Error(err))
 		} else {
-			logger.Debug("lookup redis: subscribed to change notifications", zap.String("redis", l.where))
+			logger().Debug("lookup redis: subscribed to change notifications", zap.String("redis", c.where))
 		}
 	})
 }
 
 // Resolve answers key from the cache or Redis.
 func (l *RedisLookup) Resolve(ctx context.Context, key string) (lookup.Answer, bool, lookup.Result, error) {
-	return l.cache.Get(ctx, key)
+	return l.shared.cache.Get(ctx, key)
 }
 
 // Status reports the server without its password and the cache.
-func (l *RedisLookup) Status() SourceStatus {
-	cs := l.cache.Stats()
-	return SourceStatus{Where: l.where, Size: cs.Entries, Cache: &cs}
+func (l *RedisLookup) Status() SourceStatus { return l.shared.status() }
+
+// sharedCaches holds the caches of http and redis lookups by their
+// configuration (source, URL, options), across config reloads, as Caddy's
+// reverse proxy keeps its upstreams' state: a reload that keeps a lookup
+// as it was does not send every key to the service again.
+var sharedCaches = caddy.NewUsagePool()
+
+// sharedCache is one lookup's cache, and what stops its Redis
+// subscription.
+type sharedCache struct {
+	cache *lookup.Cache
+	where string
+	stop  context.CancelFunc
+}
+
+// Destruct stops the subscription, if any, once no config holds the cache.
+func (c *sharedCache) Destruct() error {
+	c.stop()
+	return nil
+}
+
+func (c *sharedCache) status() SourceStatus {
+	cs := c.cache.Stats()
+	return SourceStatus{Where: c.where, Size: cs.Entries, Cache: &cs}
 }
 
 // UnmarshalCaddyfile parses `redis <url> { key …; prefix …; hash …; ttl …; … }`.
@@ -384,6 +438,8 @@ var (
 	_ LookupSource          = (*HTTPLookup)(nil)
 	_ LookupSource          = (*RedisLookup)(nil)
 	_ caddy.Provisioner     = (*FileLookup)(nil)
+	_ caddy.CleanerUpper    = (*HTTPLookup)(nil)
+	_ caddy.CleanerUpper    = (*RedisLookup)(nil)
 	_ caddyfile.Unmarshaler = (*FileLookup)(nil)
 	_ caddyfile.Unmarshaler = (*HTTPLookup)(nil)
 	_ caddyfile.Unmarshaler = (*RedisLookup)(nil)

@@ -263,3 +263,56 @@ func checkLookupAPI(t *testing.T, c *e2e.Caddy, key, want string) {
 		t.Fatalf("an unknown lookup: %d %s", code, body)
 	}
 }
+
+// TestLookupCacheSurvivesReload: a config reload that keeps a lookup as it
+// was keeps its cache (the service is not asked again) and, for Redis, its
+// change notifications; a reload that changes the lookup starts afresh.
+func TestLookupCacheSurvivesReload(t *testing.T) {
+	e2e.RequireGit(t)
+	baseA, baseB := t.TempDir(), t.TempDir()
+	onA := e2e.MakeBareRepo(t, filepath.Join(baseA, "alice", "proj.git"), 2)
+	onB := e2e.MakeBareRepo(t, filepath.Join(baseB, "alice", "proj.git"), 3)
+	a, b := e2e.StartGitDaemon(t, baseA), e2e.StartGitDaemon(t, baseB)
+	svc := startRouteService(t)
+	svc.set("alice", a.Addr)
+	rs := e2e.StartRedis(t)
+	rs.MustDo("SET", "prelude:route:alice", a.Addr)
+	proxyHTTP, proxyRedis := e2e.FreePort(t), e2e.FreePort(t)
+	config := func(ttl string) map[string]any {
+		server := func(listen string, lookup map[string]any) map[string]any {
+			return map[string]any{"listen": []string{listen}, "routes": []any{map[string]any{
+				"handle": []any{map[string]any{"handler": "git", "lookup": lookup}}}}}
+		}
+		return map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": map[string]any{
+			"http": server(proxyHTTP, map[string]any{"source": "http", "url": "http://" + svc.Addr + "/route/{key}",
+				"key": "{l4.git.owner}", "ttl": ttl}),
+			"redis": server(proxyRedis, map[string]any{"source": "redis", "url": "redis://" + rs.Addr,
+				"key": "{l4.git.owner}", "ttl": "1h"}),
+		}}}}
+	}
+	c := e2e.StartCaddy(t, config("1h"))
+	for _, p := range []string{proxyHTTP, proxyRedis} {
+		if got, errOut := lsHead(t, "git://"+p+"/alice/proj.git"); got != onA {
+			t.Fatalf("%s: %q (%s), want %s", p, got, errOut, onA)
+		}
+	}
+	c.Reload(t, config("1h"))
+	if got, errOut := lsHead(t, "git://"+proxyHTTP+"/alice/proj.git"); got != onA {
+		t.Fatalf("after the reload: %q (%s)", got, errOut)
+	}
+	if n := svc.requests("alice"); n != 1 {
+		t.Fatalf("the service was asked %d times for alice across a reload that kept the lookup, want once", n)
+	}
+	// The Redis subscription outlived the config that made it: a change
+	// still reaches the cache (whose TTL is an hour) within a second.
+	rs.MustDo("SET", "prelude:route:alice", b.Addr)
+	waitHead(t, "git://"+proxyRedis+"/alice/proj.git", onB, time.Second)
+
+	c.Reload(t, config("2h"))
+	if got, errOut := lsHead(t, "git://"+proxyHTTP+"/alice/proj.git"); got != onA {
+		t.Fatalf("after a reload that changed the lookup: %q (%s)", got, errOut)
+	}
+	if n := svc.requests("alice"); n != 2 {
+		t.Fatalf("the service was asked %d times for alice after the lookup changed, want twice", n)
+	}
+}
