@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -20,7 +21,10 @@ type Lease struct {
 	Conn   net.Conn
 	done   bool
 	route  route
-	farm   *Farm // set while drain_moved watches the lease
+	// drain_moved: the farm watching the lease (handed to the next
+	// config's farm at a reload), and whether it was released
+	farm     atomic.Pointer[Farm]
+	released atomic.Bool
 }
 
 // Release ends the lease's count and its hold on the member's shared state.
@@ -30,8 +34,9 @@ func (l *Lease) Release() {
 		l.done = true
 		l.Member.state.active.Add(-1)
 		_, _ = members.Delete(poolKey(l.Member.Addr))
-		if l.farm != nil {
-			l.farm.unwatchMove(l)
+		l.released.Store(true) // before reading farm: see handOverMoves
+		if f := l.farm.Load(); f != nil {
+			f.unwatchMove(l)
 		}
 	}
 }

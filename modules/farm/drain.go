@@ -33,7 +33,7 @@ func (f *Farm) watchMove(l *Lease) {
 	if f.moving == nil {
 		f.moving = map[*Lease]bool{}
 	}
-	l.farm = f
+	l.farm.Store(f)
 	f.moving[l] = false
 }
 
@@ -117,4 +117,54 @@ func stillRouted(l *Lease, ans lookup.Answer, found bool) bool {
 		return false
 	}
 	return slices.Contains(ans.Addrs, l.Member.Addr)
+}
+
+// handOverMoves gives the leases f watches for drain_moved to the farm of
+// the config that replaces f's (the newest farm with f's name and a
+// lookup with the same source and key, and drain_moved), so that sessions
+// outlive a config reload without losing their watch. Called at f's
+// cleanup, after the new config is provisioned.
+func (f *Farm) handOverMoves() {
+	if f.table == nil {
+		return
+	}
+	next := f.successor()
+	if next == nil {
+		return
+	}
+	f.mu.Lock()
+	moving := f.moving
+	f.moving = nil
+	f.mu.Unlock()
+	for l, ended := range moving {
+		next.mu.Lock()
+		if next.moving == nil {
+			next.moving = map[*Lease]bool{}
+		}
+		next.moving[l] = ended
+		next.mu.Unlock()
+		l.farm.Store(next)
+		// Release stores released before it reads farm: if it read f,
+		// this sees released and takes the lease out again.
+		if l.released.Load() {
+			next.unwatchMove(l)
+		}
+	}
+}
+
+// successor is the newest other farm that can watch f's leases.
+func (f *Farm) successor() *Farm {
+	farmsMu.Lock()
+	defer farmsMu.Unlock()
+	var best *Farm
+	for g := range farms {
+		if g == f || g.Name != f.Name || g.table == nil || !g.table.opts.DrainMoved ||
+			g.table.source != f.table.source || g.table.opts.Key != f.table.opts.Key {
+			continue
+		}
+		if best == nil || g.seq > best.seq {
+			best = g
+		}
+	}
+	return best
 }

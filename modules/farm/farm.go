@@ -106,6 +106,7 @@ type Farm struct {
 	current   map[string]bool       // the member set of the last Members call
 	known     map[string]*Member    // members this farm holds a pool reference for
 	moving    map[*Lease]bool       // drain_moved: live leases routed by the lookup; true once ended
+	seq       uint64                // order of provisioning, for handOverMoves
 	rr        atomic.Uint64
 	ctx       caddy.Context
 	events    *caddyevents.App
@@ -249,6 +250,7 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	f.startHealthChecks(hctx)
 	f.startRefresh(hctx)
 	farmsMu.Lock()
+	f.seq = farmSeq.Add(1)
 	farms[f] = struct{}{}
 	farmsMu.Unlock()
 	return nil
@@ -319,6 +321,7 @@ func (f *Farm) Cleanup() error {
 	if f.cancel != nil {
 		f.cancel()
 	}
+	f.handOverMoves()
 	farmsMu.Lock()
 	delete(farms, f)
 	farmsMu.Unlock()

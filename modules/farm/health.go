@@ -5,6 +5,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -126,6 +127,7 @@ func (f *Farm) check(ctx context.Context, m *Member) error {
 var (
 	farmsMu sync.Mutex
 	farms   = map[*Farm]struct{}{}
+	farmSeq atomic.Uint64
 )
 
 // MemberStatus is one member as GET /prelude/farms reports it.

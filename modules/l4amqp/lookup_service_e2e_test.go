@@ -100,3 +100,29 @@ func TestLookupRedisDrainMoved(t *testing.T) {
 	expectEvent(t, events, "open") // the reconnect reaches the new place
 	roundTrip(t, a2, 5)
 }
+
+// TestDrainMovedAcrossReload: a session routed by a config that a reload
+// replaced is still watched: its route changed in Redis after the reload
+// ends it with Close 320.
+func TestDrainMovedAcrossReload(t *testing.T) {
+	watched, _ := watchedBroker(t)
+	rs := e2e.StartRedis(t)
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, e2e.RabbitAddr)
+	h := map[string]any{"handler": "amqp", "default": map[string]any{"lookup": map[string]any{
+		"source": "redis", "url": "redis://" + rs.Addr, "key": "{l4.amqp.vhost}", "ttl": int64(time.Hour), "drain_moved": true}}}
+	c, addr := startProxy(t, h)
+	a := dial(t, e2e.URL(addr, e2e.VhostA))
+	roundTrip(t, a, 5)
+	closed := a.NotifyClose(make(chan *amqp091.Error, 1))
+	c.Reload(t, e2e.Layer4(addr, route(h)))
+	roundTrip(t, a, 5) // the session outlived the reload
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, watched)
+	select {
+	case err := <-closed:
+		if err == nil || err.Code != 320 || !strings.Contains(err.Reason, "moved") {
+			t.Fatalf("ended with %v, want Close 320 saying the route moved", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the session from before the reload was not ended when its route moved")
+	}
+}
