@@ -8,11 +8,11 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// TestPerConnectionRoutingRefusedWhereUnsupported: the handlers that do not
-// route per connection yet refuse a lookup or placeholders in to at load,
-// saying so, instead of failing each connection.
+// TestPerConnectionRoutingRefusedWhereUnsupported: the handler that does
+// not route per connection yet (zmtp) refuses a lookup or placeholders in
+// to at load, saying so, instead of failing each connection.
 func TestPerConnectionRoutingRefusedWhereUnsupported(t *testing.T) {
-	for _, handler := range []string{"foo", "zmtp"} {
+	for _, handler := range []string{"zmtp"} {
 		for name, farm := range map[string]map[string]any{
 			"lookup":       {"lookup": map[string]any{"source": "file", "path": "testdata/git-routes.tsv", "key": "{l4.foo.x}"}},
 			"placeholders": {"to": []string{"{env.PRELUDE_NOWHERE}:9000"}},

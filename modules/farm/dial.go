@@ -89,6 +89,7 @@ func (f *Farm) DialSticky(ctx context.Context, client net.Addr, key string, atte
 }
 
 func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
+	setClientIP(ctx, client)
 	routed, only, rt, err := f.connectionMembers(ctx)
 	if err != nil {
 		return nil, err

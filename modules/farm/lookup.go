@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -163,6 +164,21 @@ func (l *lookupState) current(ctx context.Context, key string) (lookup.Answer, b
 		l.logger.Debug("drain_moved: lookup failed; sessions kept", zap.String("key", key), zap.Error(err))
 	}
 	return ans, ok, err
+}
+
+// setClientIP sets {l4.conn.remote_ip}, the client's address without its
+// port, on the connection's replacer (WithReplacer), for lookup keys and
+// to addresses: caddy-l4 sets only {l4.conn.remote_addr}, with the port.
+func setClientIP(ctx context.Context, client net.Addr) {
+	repl, ok := ctx.Value(replacerKey{}).(*caddy.Replacer)
+	if !ok || repl == nil || client == nil {
+		return
+	}
+	ip := client.String()
+	if host, _, err := net.SplitHostPort(ip); err == nil {
+		ip = host
+	}
+	repl.Set("l4.conn.remote_ip", ip)
 }
 
 type replacerKey struct{}

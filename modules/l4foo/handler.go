@@ -65,9 +65,6 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults, provisions the farm and joins the stats set.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	if h.PerConnection() {
-		return errors.New("lookup, placeholders in to: the foo handler does not route per connection yet (git and amqp do)")
-	}
 	h.logger = ctx.Logger()
 	if h.StatsName == "" {
 		h.StatsName = "default"
@@ -110,8 +107,21 @@ func (h *Handler) Cleanup() error {
 // Handle proxies the connection, scanning lines in both directions.
 func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Duration(h.DialTimeout))
+	if repl, ok := cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer); ok {
+		ctx = farm.WithReplacer(ctx, repl) // a lookup's key, placeholders in to
+	}
 	lease, err := h.Dial(ctx, cx.RemoteAddr(), func(context.Context, *farm.Member, net.Conn) error { return nil })
 	cancel()
+	var noRoute *farm.NoRouteError
+	var refused *farm.RefusedError
+	switch {
+	case errors.As(err, &noRoute):
+		h.nakFirstRequest(cx, "proxy: "+noRoute.Error())
+		return nil
+	case errors.As(err, &refused):
+		h.nakFirstRequest(cx, "proxy: refused: "+refused.Reason)
+		return nil
+	}
 	if err != nil {
 		h.logger.Debug("foo upstream unreachable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
 		h.nakFirstRequest(cx, "proxy: no upstream reachable")
