@@ -200,6 +200,9 @@ func TestLookupRedisRoutesPerOwner(t *testing.T) {
 			}
 `)
 	c.NoLeak("gitr0utes")
+	// Subscribing flushes the cache (changes before it were not seen):
+	// wait for it, so that what the test caches stays cached.
+	waitLog(t, c, "subscribed to change notifications")
 	url := func(repo string) string { return "git://" + proxy + repo }
 	if head, errOut := lsHead(t, url("/alice/proj.git")); head != aliceOnA {
 		t.Fatalf("alice: %q (%s), want %s", head, errOut, aliceOnA)
@@ -314,5 +317,15 @@ func TestLookupCacheSurvivesReload(t *testing.T) {
 	}
 	if n := svc.requests("alice"); n != 2 {
 		t.Fatalf("the service was asked %d times for alice after the lookup changed, want twice", n)
+	}
+}
+
+// waitLog waits up to 5 s for Caddy's log to hold text.
+func waitLog(t *testing.T, c *e2e.Caddy, text string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(c.Logs(), text); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the log does not say %q", text)
+		}
 	}
 }

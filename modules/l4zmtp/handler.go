@@ -81,9 +81,6 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults and provisions the farm.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	if h.PerConnection() {
-		return errors.New("lookup, placeholders in to: the zmtp handler does not route per connection yet (git and amqp do)")
-	}
 	relay.RegisterMetrics(ctx.GetMetricsRegistry())
 	h.logger = ctx.Logger()
 	initMetrics(ctx.GetMetricsRegistry())
@@ -102,8 +99,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return errors.New("sticky identity: needs inspect_metadata to read the identity")
 	}
 	if h.Workers != "" {
-		if len(h.To) > 0 {
-			return errors.New("workers: pairs with parked workers; it excludes to")
+		if len(h.To) > 0 || h.PerConnection() {
+			return errors.New("workers: pairs with parked workers; it excludes to and lookup")
 		}
 		if h.PairTimeout == 0 {
 			h.PairTimeout = caddy.Duration(DefaultHandshakeTimeout)
@@ -168,6 +165,9 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	if repl, ok := cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer); ok {
+		ctx = farm.WithReplacer(ctx, repl) // a lookup's key, placeholders in to
+	}
 	attempt := func(ctx context.Context, _ *farm.Member, conn net.Conn) error {
 		if meta.first != nil {
 			return inspectedWorkerHandshake(ctx, conn, greeting, meta.first)
@@ -181,7 +181,18 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	default:
 		lease, err = h.Dial(ctx, cx.RemoteAddr(), attempt)
 	}
-	if err != nil {
+	var noRoute *farm.NoRouteError
+	var refused *farm.RefusedError
+	switch {
+	case errors.As(err, &noRoute):
+		pairings.WithLabelValues(resultNoRoute).Inc()
+		refuse(cx, g, meta.first != nil, noRoute.Error())
+		return nil
+	case errors.As(err, &refused):
+		pairings.WithLabelValues(resultLookupRefused).Inc()
+		refuse(cx, g, meta.first != nil, "refused: "+refused.Reason)
+		return nil
+	case err != nil:
 		pairings.WithLabelValues(resultWorkerUnreachable).Inc()
 		h.logger.Debug("zmtp worker unavailable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
 		refuse(cx, g, meta.first != nil, "no worker reachable")

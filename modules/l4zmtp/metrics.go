@@ -15,6 +15,8 @@ const (
 	resultNoWorker          = "no_worker"
 	resultWorkerUnreachable = "worker_unreachable"
 	resultBadGreeting       = "bad_greeting"
+	resultNoRoute           = "no_route"       // a lookup holds no route for the key, or failed
+	resultLookupRefused     = "lookup_refused" // a lookup's answer refuses the client
 )
 
 var (
