@@ -26,20 +26,7 @@ import (
 // not a git process's start-up. Reports medians and p99 per path and the
 // ratios lookup/static, and how many requests the services saw per key.
 func BenchmarkLookupServiceSetup(b *testing.B) {
-	upstream := e2e.ServeTCP(b, func(c net.Conn) {
-		defer c.Close()
-		var hdr [4]byte
-		if _, err := io.ReadFull(c, hdr[:]); err != nil {
-			return
-		}
-		n, err := strconv.ParseUint(string(hdr[:]), 16, 16)
-		if err != nil || n < 4 {
-			return
-		}
-		if _, err := io.CopyN(io.Discard, c, int64(n-4)); err == nil {
-			_, _ = c.Write([]byte("0000"))
-		}
-	})
+	upstream := e2e.ServeTCP(b, answerFlush)
 	var httpAsked atomic.Int64
 	svc := e2e.FreePort(b)
 	ln, err := net.Listen("tcp", svc)
@@ -137,20 +124,7 @@ func BenchmarkLookupServiceSetup(b *testing.B) {
 // phases. A stall a reload adds shows as the reloading worst above the
 // quiet one. The upstream answers the request line with a flush packet.
 func BenchmarkLookupReloadStall(b *testing.B) {
-	upstream := e2e.ServeTCP(b, func(c net.Conn) {
-		defer c.Close()
-		var hdr [4]byte
-		if _, err := io.ReadFull(c, hdr[:]); err != nil {
-			return
-		}
-		n, err := strconv.ParseUint(string(hdr[:]), 16, 16)
-		if err != nil || n < 4 {
-			return
-		}
-		if _, err := io.CopyN(io.Discard, c, int64(n-4)); err == nil {
-			_, _ = c.Write([]byte("0000"))
-		}
-	})
+	upstream := e2e.ServeTCP(b, answerFlush)
 	table := filepath.Join(b.TempDir(), "routes.tsv")
 	writeLookupTable(b, table, "/big.git", upstream)
 	listen := e2e.FreePort(b)
@@ -256,5 +230,22 @@ func BenchmarkLookupReloadStall(b *testing.B) {
 		b.ReportMetric(float64(static.RSS())/(1<<20), "static-caddy-rss-MB")
 		b.ReportMetric(float64(rssQuiet)/(1<<20), "lookup-caddy-rss-MB")
 		b.ReportMetric(float64(caddy.RSS())/(1<<20), "after-reloads-rss-MB")
+	}
+}
+
+// answerFlush reads one git pkt-line request and answers it with a flush
+// packet: an upstream that costs the benchmark no git process.
+func answerFlush(c net.Conn) {
+	defer c.Close()
+	var hdr [4]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return
+	}
+	n, err := strconv.ParseUint(string(hdr[:]), 16, 16)
+	if err != nil || n < 4 {
+		return
+	}
+	if _, err := io.CopyN(io.Discard, c, int64(n-4)); err == nil {
+		_, _ = c.Write([]byte("0000"))
 	}
 }

@@ -89,7 +89,9 @@ func (f *Farm) DialSticky(ctx context.Context, client net.Addr, key string, atte
 }
 
 func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
-	setClientIP(ctx, client)
+	if f.table != nil || len(f.templates) > 0 {
+		setClientIP(ctx, client)
+	}
 	routed, only, rt, err := f.connectionMembers(ctx)
 	if err != nil {
 		return nil, err
