@@ -35,6 +35,11 @@ func TestLookupConfigErrors(t *testing.T) {
 		"lookup http {\n key {l4.git.owner}\n }":                              `wrong argument count`,
 		"lookup redis redis://x {\n key {l4.git.owner}\n drain_moved yes\n }": `wrong argument count`,
 		"lookup http http://x/{key} {\n key a\n key b c\n }":                  `takes one argument`,
+		"farm blue {\n to a:1\n }\n farm blue {\n to b:1\n }":                 `farm blue: defined twice`,
+		"farm blue {\n lookup file x {\n key k\n }\n }":                       `neither a lookup nor farms`,
+		"farm blue {\n nope 1\n }":                                            `farm blue: unknown option "nope"`,
+		"farm {\n to a:1\n }":                                                 `wrong argument count`,
+		"max_dynamic_members 0":                                               `not a positive integer`,
 	} {
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(wrap(cf)), nil)
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -13,6 +13,7 @@ func TestParseAnswer(t *testing.T) {
 		in      string
 		addrs   []string
 		refuse  string
+		farm    string
 		wantErr string
 	}{
 		{in: "10.0.0.5:9418", addrs: []string{"10.0.0.5:9418"}},
@@ -21,11 +22,21 @@ func TestParseAnswer(t *testing.T) {
 		{in: `{"refuse": "tenant suspended"}`, refuse: "tenant suspended"},
 		{in: "{\"refuse\": \"bad\\u0000\\nreason\"}", refuse: "bad  reason"},
 		{in: `{"refuse": "   "}`, refuse: "refused by the lookup service"},
+		{in: "farm:blue", farm: "blue"},
+		{in: " farm:eu-west_2.a \n", farm: "eu-west_2.a"},
+		{in: `{"farm": "blue"}`, farm: "blue"},
+		{in: "farm:", wantErr: "empty"},
+		{in: "farm:a b", wantErr: "holds"},
+		{in: "farm:a,b:1", wantErr: "holds"},
+		{in: "farm:" + strings.Repeat("x", MaxFarmName+1), wantErr: "longer than"},
+		{in: `{"farm": "blue", "to": ["a:1"]}`, wantErr: "more than one"},
+		{in: `{"farm": "blue", "refuse": "x"}`, wantErr: "more than one"},
+		{in: `{"farm": "../x"}`, wantErr: "holds"},
 		{in: "", wantErr: "empty"},
 		{in: "   \n", wantErr: "empty"},
-		{in: "{}", wantErr: "no address and no refusal"},
-		{in: `{"to": []}`, wantErr: "no address and no refusal"},
-		{in: `{"to": ["a:1"], "refuse": "x"}`, wantErr: "both"},
+		{in: "{}", wantErr: "no address, farm or refusal"},
+		{in: `{"to": []}`, wantErr: "no address, farm or refusal"},
+		{in: `{"to": ["a:1"], "refuse": "x"}`, wantErr: "more than one"},
 		{in: `{"to": ["a:1"]} {}`, wantErr: "after the JSON"},
 		{in: `{"to": ["a:1"], "weight": 3}`, wantErr: "unknown field"},
 		{in: `{"to": "a:1"}`, wantErr: "not {"},
@@ -48,8 +59,8 @@ func TestParseAnswer(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || fmt.Sprint(a.Addrs) != fmt.Sprint(tc.addrs) || a.Refuse != tc.refuse {
-			t.Errorf("ParseAnswer(%q) = %+v, %v; want %v %q", tc.in, a, err, tc.addrs, tc.refuse)
+		if err != nil || fmt.Sprint(a.Addrs) != fmt.Sprint(tc.addrs) || a.Refuse != tc.refuse || a.Farm != tc.farm {
+			t.Errorf("ParseAnswer(%q) = %+v, %v; want %v %q %q", tc.in, a, err, tc.addrs, tc.refuse, tc.farm)
 		}
 	}
 }
@@ -64,7 +75,7 @@ func TestParseAnswerLongReasonIsCut(t *testing.T) {
 // TestParseAnswerPrefixes feeds every prefix of good answers: each is a
 // good answer or an ErrBadAnswer, never a panic.
 func TestParseAnswerPrefixes(t *testing.T) {
-	for _, full := range []string{`{"to": ["127.0.0.1:5672", "[::1]:9418"]}`, `{"refuse": "no"}`, "a.internal:9418,b:1"} {
+	for _, full := range []string{`{"to": ["127.0.0.1:5672", "[::1]:9418"]}`, `{"refuse": "no"}`, "a.internal:9418,b:1", `{"farm": "blue"}`, "farm:blue"} {
 		for i := range len(full) {
 			if _, err := ParseAnswer([]byte(full[:i])); err != nil && !errors.Is(err, ErrBadAnswer) {
 				t.Errorf("prefix %q: %v is not an ErrBadAnswer", full[:i], err)
@@ -83,8 +94,17 @@ func FuzzParseAnswer(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if (len(a.Addrs) == 0) == (a.Refuse == "") {
-			t.Fatalf("%q: an answer must be addresses or a refusal: %+v", b, a)
+		set := 0
+		for _, ok := range []bool{len(a.Addrs) > 0, a.Refuse != "", a.Farm != ""} {
+			if ok {
+				set++
+			}
+		}
+		if set != 1 {
+			t.Fatalf("%q: an answer must be addresses, a farm or a refusal: %+v", b, a)
+		}
+		if a.Farm != "" && CheckFarmName(a.Farm) != nil {
+			t.Fatalf("%q: answer names a bad farm %q", b, a.Farm)
 		}
 		for _, addr := range a.Addrs {
 			if CheckAddress(addr) != nil {

@@ -110,7 +110,7 @@ func (t *Table) find(key string) (row, bool) {
 }
 
 // ParseTSV reads a table of lines `key<TAB>address[,address…]`, where an
-// address is host:port; `#` starts a comment line and blank lines are
+// address is host:port, or `key<TAB>farm:<name>` (TableAnswer); `#` starts a comment line and blank lines are
 // skipped. A malformed line fails the whole table, naming its number, so
 // that a half-written file never replaces a good table. A key listed twice
 // is an error too.
@@ -209,6 +209,12 @@ func checkEntry(key, val []byte) error {
 	}
 	if len(val) == 0 {
 		return fmt.Errorf("key %q has no address", key)
+	}
+	if name, ok := bytes.CutPrefix(val, []byte(FarmPrefix)); ok {
+		if err := CheckFarmName(string(name)); err != nil {
+			return fmt.Errorf("key %q: %w", key, err)
+		}
+		return nil
 	}
 	for rest, more := val, true; more; {
 		var a []byte

@@ -44,6 +44,23 @@ func TestParseTSV(t *testing.T) {
 	}
 }
 
+// TestTableFarmAnswer: a value "farm:<name>" names a farm; addresses
+// stay addresses.
+func TestTableFarmAnswer(t *testing.T) {
+	tb, err := ParseTSV(strings.NewReader("alice\tfarm:blue\nbob\t10.0.0.1:9418,10.0.0.2:9418\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := tb.Lookup("alice")
+	if got := TableAnswer(a); got.Farm != "blue" || got.Addrs != nil {
+		t.Errorf("alice: %+v, want farm blue", got)
+	}
+	b, _ := tb.Lookup("bob")
+	if got := TableAnswer(b); got.Farm != "" || len(got.Addrs) != 2 {
+		t.Errorf("bob: %+v, want two addresses", got)
+	}
+}
+
 func TestParseTSVRefuses(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
 		{"alice 10.0.0.1:9418\n", "line 1: no tab"},
@@ -58,6 +75,9 @@ func TestParseTSVRefuses(t *testing.T) {
 		{"alice\ta/b:9418\n", "no valid host"},
 		{"alice\t1.2.3.4:1,\n", "not host:port"},
 		{"alice\t1.2.3.4:1\nalice\t1.2.3.4:2\n", "listed twice"},
+		{"alice\tfarm:\n", "farm name"},
+		{"alice\tfarm:a,1.2.3.4:1\n", "holds"},
+		{"alice\t1.2.3.4:1,farm:a\n", "no valid port"},
 		{strings.Repeat("k", MaxKeyLen+1) + "\t1.2.3.4:1\n", "key longer than"},
 		{"alice\t" + strings.Repeat("1.2.3.4:1,", 8000) + "1.2.3.4:1\n", "longer than"},
 	} {
@@ -180,6 +200,12 @@ func FuzzParseTSV(f *testing.F) {
 			addrs, ok := tb.Lookup(key)
 			if !ok || len(addrs) == 0 {
 				t.Fatalf("key %q has no addresses", key)
+			}
+			if ans := TableAnswer(addrs); ans.Farm != "" {
+				if err := CheckFarmName(ans.Farm); err != nil {
+					t.Fatalf("key %q: %v", key, err)
+				}
+				continue
 			}
 			for _, a := range addrs {
 				if err := CheckAddress(a); err != nil {

@@ -49,6 +49,11 @@ import (
 //		prefix <string>   # redis
 //		hash <key>        # redis
 //	}
+//	farm <name> {             # a farm the lookup's answers may name
+//		<farm options but lookup and farm>
+//	}
+//	max_dynamic_members <n>
+//	dynamic_idle_timeout <duration>
 func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	opt := d.Val()
 	switch opt {
@@ -123,6 +128,20 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 		f.Upstreams = append(f.Upstreams, u)
 	case "lookup":
 		return true, f.unmarshalLookup(d)
+	case "farm":
+		return true, f.unmarshalNamed(d)
+	case "max_dynamic_members":
+		var s string
+		if err := cfutil.OneArg(d, &s); err != nil {
+			return true, err
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return true, d.Errf("max_dynamic_members: %q is not a positive integer", s)
+		}
+		f.MaxDynamicMembers = n
+	case "dynamic_idle_timeout":
+		return true, cfutil.Duration(d, &f.DynamicIdleTimeout)
 	default:
 		return false, nil
 	}
@@ -144,5 +163,39 @@ func (f *Farm) unmarshalLookup(d *caddyfile.Dispenser) error {
 		return err
 	}
 	f.LookupRaw = caddyconfig.JSONModuleObject(unm, "source", source, nil)
+	return nil
+}
+
+// unmarshalNamed parses `farm <name> { <farm options> }`, a farm the
+// lookup's answers may name.
+func (f *Farm) unmarshalNamed(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	name := d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if _, dup := f.Farms[name]; dup {
+		return d.Errf("farm %s: defined twice", name)
+	}
+	g := new(Farm)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if sub == "lookup" || sub == "farm" {
+			return d.Errf("farm %s: a named farm has neither a lookup nor farms of its own", name)
+		}
+		ok, err := g.UnmarshalOption(d)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return d.Errf("farm %s: unknown option %q", name, sub)
+		}
+	}
+	if f.Farms == nil {
+		f.Farms = map[string]*Farm{}
+	}
+	f.Farms[name] = g
 	return nil
 }

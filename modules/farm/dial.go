@@ -92,14 +92,22 @@ func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt At
 	if f.table != nil || len(f.templates) > 0 {
 		setClientIP(ctx, client)
 	}
-	routed, only, rt, err := f.connectionMembers(ctx)
+	cr, err := f.connectionMembers(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if cr.via != nil {
+		lease, err := cr.via.dial(ctx, client, key, attempt)
+		if err == nil {
+			lease.route = cr.rt
+			f.watchMove(lease)
+		}
+		return lease, err
 	}
 	tryUntil := time.Now().Add(time.Duration(f.LBTryDuration))
 	noMember := &NoMemberError{}
 	for {
-		order, resolveErrs := f.candidates(ctx, client, key, routed, only)
+		order, resolveErrs := f.candidates(ctx, client, key, cr.members, cr.only)
 		noMember.Tried = append(noMember.Tried, resolveErrs...)
 		for _, m := range order {
 			if f.MaxConnections > 0 && m.Active() >= int64(f.MaxConnections) {
@@ -108,7 +116,7 @@ func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt At
 			}
 			lease, err := f.try(ctx, m, client, attempt)
 			if err == nil {
-				lease.route = rt
+				lease.route = cr.rt
 				f.watchMove(lease)
 				return lease, nil
 			}
@@ -331,8 +339,18 @@ func (f *Farm) startRefresh(ctx context.Context) {
 }
 
 // Current reports whether addr is a member as of the last resolution
-// (static members always are).
+// (static members always are), a dynamic member still kept, or a current
+// member of one of the farm's named farms. A member a lookup found is the
+// business of drain_moved, not drain_removed.
 func (f *Farm) Current(addr string) bool {
+	if f.dynamic != nil && f.dynamic.has(addr) {
+		return true
+	}
+	for _, g := range f.Farms {
+		if g.Current(addr) {
+			return true
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.current != nil {

@@ -18,9 +18,10 @@ const EventRouteMoved = "lookup_route_moved"
 
 // route is how a lease was routed by the farm's lookup.
 type route struct {
-	key string
-	hit bool // the table held the key; else the connection went to the default
-	set bool // the lookup routed it
+	key  string
+	hit  bool   // the table held the key; else the connection went to the default
+	set  bool   // the lookup routed it
+	farm string // the named farm the answer named, if it named one
 }
 
 // watchMove lists a lease for drain_moved.
@@ -107,14 +108,16 @@ func (f *Farm) drainMoved(ctx context.Context) {
 }
 
 // stillRouted reports whether a new connection with l's key could go where
-// l went: to a member the answer lists, or to the default when the table
-// still does not hold the key.
+// l went: to the named farm the answer names, to a member the answer
+// lists, or to the default when the table still does not hold the key.
 func stillRouted(l *Lease, ans lookup.Answer, found bool) bool {
 	switch {
 	case !found:
 		return !l.route.hit
 	case ans.Refuse != "":
 		return false
+	case ans.Farm != "" || l.route.farm != "":
+		return ans.Farm == l.route.farm
 	}
 	return slices.Contains(ans.Addrs, l.Member.Addr)
 }

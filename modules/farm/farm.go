@@ -65,6 +65,18 @@ type Farm struct {
 	// by its "source" key. To, if set, is then the default for keys the
 	// table does not hold.
 	LookupRaw json.RawMessage `json:"lookup,omitempty" caddy:"namespace=layer4.lookups inline_key=source"`
+	// Farms the lookup's answers may name ("farm:blue", {"farm": "blue"})
+	// instead of listing addresses: each with its own members, policy,
+	// health checks and limits. Only a farm with a lookup has them; they
+	// have neither a lookup nor farms of their own.
+	Farms map[string]*Farm `json:"farms,omitempty"`
+	// Most members a lookup's answers or to addresses with placeholders
+	// create and keep (for their failure marks, health checks and
+	// metrics); past it the least recently used is dropped. Default 1024.
+	MaxDynamicMembers int `json:"max_dynamic_members,omitempty"`
+	// A dynamic member no connection has asked for, and with no live
+	// connection, for this long is dropped. Default 10m.
+	DynamicIdleTimeout caddy.Duration `json:"dynamic_idle_timeout,omitempty"`
 	// Send a PROXY protocol header ("v1" or "v2") to members before
 	// anything else, so that they see the client's address.
 	ProxyProtocol string `json:"proxy_protocol,omitempty"`
@@ -106,6 +118,7 @@ type Farm struct {
 	current   map[string]bool       // the member set of the last Members call
 	known     map[string]*Member    // members this farm holds a pool reference for
 	moving    map[*Lease]bool       // drain_moved: live leases routed by the lookup; true once ended
+	dynamic   *dynamicMembers       // members found per connection (dynamic.go)
 	seq       uint64                // order of provisioning, for handOverMoves
 	rr        atomic.Uint64
 	ctx       caddy.Context
@@ -188,6 +201,12 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	if f.LBTryInterval == 0 {
 		f.LBTryInterval = caddy.Duration(DefaultLBTryInterval)
 	}
+	if f.MaxDynamicMembers == 0 {
+		f.MaxDynamicMembers = DefaultMaxDynamicMembers
+	}
+	if f.DynamicIdleTimeout == 0 {
+		f.DynamicIdleTimeout = caddy.Duration(DefaultDynamicIdleTimeout)
+	}
 	if err := f.Validate(); err != nil {
 		return err
 	}
@@ -238,6 +257,16 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	}
 	hctx, cancel := context.WithCancel(ctx)
 	f.cancel = cancel
+	if err := f.provisionNamed(ctx); err != nil {
+		cancel()
+		return err
+	}
+	if f.PerConnection() {
+		f.dynamic = newDynamicMembers(f.MaxDynamicMembers)
+		go every(hctx, sweepInterval(time.Duration(f.DynamicIdleTimeout)), func() {
+			f.dynamic.dropIdle(time.Now(), time.Duration(f.DynamicIdleTimeout))
+		})
+	}
 	if f.LookupRaw != nil {
 		if err := f.provisionLookup(ctx); err != nil {
 			cancel()
@@ -308,6 +337,12 @@ func (f *Farm) Validate() error {
 	if f.MaxConnections < 0 {
 		return errors.New("max_connections: must not be negative")
 	}
+	if f.MaxDynamicMembers < 0 || f.DynamicIdleTimeout < 0 {
+		return errors.New("max_dynamic_members, dynamic_idle_timeout: must not be negative")
+	}
+	if err := f.validateNamed(); err != nil {
+		return err
+	}
 	if f.Resolver != "" {
 		if _, _, err := net.SplitHostPort(f.Resolver); err != nil {
 			return fmt.Errorf("resolver: %q is not host:port", f.Resolver)
@@ -322,6 +357,8 @@ func (f *Farm) Cleanup() error {
 		f.cancel()
 	}
 	f.handOverMoves()
+	f.handOverDynamic()
+	f.cleanupNamed()
 	farmsMu.Lock()
 	delete(farms, f)
 	farmsMu.Unlock()

@@ -77,8 +77,14 @@ func every(ctx context.Context, interval time.Duration, f func()) {
 	}
 }
 
+// checkAll probes the static members and the dynamic ones (dynamic.go).
 func (f *Farm) checkAll(ctx context.Context) {
 	ms, _ := f.Members(ctx)
+	if f.dynamic != nil {
+		for _, e := range f.dynamic.list() {
+			ms = append(ms, e.m)
+		}
+	}
 	var wg sync.WaitGroup
 	for _, m := range ms {
 		wg.Add(1)
@@ -139,6 +145,9 @@ type MemberStatus struct {
 	Healthy     bool       `json:"healthy"`
 	LastCheck   *time.Time `json:"last_check,omitempty"`
 	HealthError string     `json:"health_error,omitempty"`
+	// Found by a lookup or a to template, and kept while asked for
+	// (max_dynamic_members, dynamic_idle_timeout).
+	Dynamic bool `json:"dynamic,omitempty"`
 }
 
 // Status is one farm as GET /prelude/farms reports it.
@@ -171,10 +180,18 @@ func Farms() []Status {
 			ms = append(ms, m)
 		}
 		f.mu.Unlock()
-		sort.Slice(ms, func(i, j int) bool { return ms[i].Addr < ms[j].Addr })
-		for _, m := range ms {
+		static := len(ms)
+		if f.dynamic != nil {
+			for _, e := range f.dynamic.list() {
+				ms = append(ms, e.m)
+			}
+		}
+		sort.SliceStable(ms[:static], func(i, j int) bool { return ms[i].Addr < ms[j].Addr })
+		sort.SliceStable(ms[static:], func(i, j int) bool { return ms[static+i].Addr < ms[static+j].Addr })
+		for i, m := range ms {
 			unhealthy, at, herr := m.state.health.get()
-			ms := MemberStatus{Address: m.Addr, Zone: m.Zone, Active: m.Active(), Failed: m.Failed(now), Healthy: !unhealthy, HealthError: herr}
+			ms := MemberStatus{Address: m.Addr, Zone: m.Zone, Active: m.Active(), Failed: m.Failed(now), Healthy: !unhealthy,
+				HealthError: herr, Dynamic: i >= static}
 			if !at.IsZero() {
 				ms.LastCheck = &at
 			}

@@ -66,7 +66,8 @@ type lookupState struct {
 	opts     *LookupOptions
 	source   string // the module's name: file, http, redis
 	name     string
-	defaults []string // the farm's to, where a miss goes
+	defaults []string         // the farm's to, where a miss goes
+	farms    map[string]*Farm // the farm's named farms, which answers may name
 	counts   lookupCounters
 	logger   *zap.Logger
 }
@@ -111,7 +112,7 @@ func (f *Farm) provisionLookup(ctx caddy.Context) error {
 		return errors.New("lookup: a key is required, e.g. key {l4.git.owner}")
 	}
 	l := &lookupState{src: src, opts: opts, source: info.ID.Name(),
-		name: opts.Name, defaults: f.To, logger: f.logger}
+		name: opts.Name, defaults: f.To, farms: f.Farms, logger: f.logger}
 	if l.name == "" {
 		l.name = f.Name
 	}
@@ -198,51 +199,55 @@ func WithReplacer(ctx context.Context, repl *caddy.Replacer) context.Context {
 	return context.WithValue(ctx, replacerKey{}, repl)
 }
 
+// connectionRoute is where a connection may go, as far as it depends on
+// the connection (connectionMembers).
+type connectionRoute struct {
+	members []*Member // the answer's or the expanded templates' members
+	only    bool      // members replace the farm's static members
+	via     *Farm     // the named farm the answer names
+	rt      route     // the lookup's key and answer, for drain_moved
+}
+
 // connectionMembers is the members that depend on the connection: a
-// lookup's answer, which replaces the farm's other members (only is true),
-// or to addresses with placeholders, expanded, which join the static ones.
-// Both nil: the static members only.
-//
-// rt is the lookup's key and whether the table held it, for drain_moved.
-func (f *Farm) connectionMembers(ctx context.Context) (ms []*Member, only bool, rt route, err error) {
+// lookup's answer, which replaces the farm's other members (only), or
+// names one of its farms (via), or to addresses with placeholders,
+// expanded, which join the static ones. Nothing set: the static members
+// only.
+func (f *Farm) connectionMembers(ctx context.Context) (cr connectionRoute, err error) {
 	if f.table != nil {
 		key, ans, ok, err := f.table.resolve(ctx)
 		if err != nil {
-			return nil, false, rt, err
+			return cr, err
 		}
 		if ok && ans.Refuse != "" {
-			return nil, false, rt, &RefusedError{Key: key, Reason: ans.Refuse}
+			return cr, &RefusedError{Key: key, Reason: ans.Refuse}
 		}
-		rt = route{key: key, hit: ok, set: true}
-		if ok {
-			out := make([]*Member, 0, len(ans.Addrs))
-			for _, a := range ans.Addrs {
-				out = append(out, transientMember(a))
+		cr.rt = route{key: key, hit: ok, set: true, farm: ans.Farm}
+		switch {
+		case ok && ans.Farm != "":
+			if cr.via = f.Farms[ans.Farm]; cr.via == nil {
+				f.logger.Warn("lookup answer names a farm this config does not define",
+					zap.String("lookup", f.table.name), zap.String("key", key), zap.String("farm", ans.Farm))
+				// The client learns its key has no route, not the farm's name.
+				return cr, &NoRouteError{Key: key, Reason: "its route names a farm this proxy does not have"}
 			}
-			return out, true, rt, nil
-		}
-		if len(f.targets) == 0 && len(f.templates) == 0 {
-			return nil, false, rt, &NoRouteError{Key: key}
+			return cr, nil
+		case ok:
+			cr.members, cr.only = make([]*Member, 0, len(ans.Addrs)), true
+			for _, a := range ans.Addrs {
+				cr.members = append(cr.members, f.dynamicMember(a))
+			}
+			return cr, nil
+		case len(f.targets) == 0 && len(f.templates) == 0:
+			return cr, &NoRouteError{Key: key}
 		}
 	}
 	for _, tmpl := range f.templates {
 		addr, err := expandAddress(ctx, tmpl)
 		if err != nil {
-			return nil, false, rt, err
+			return cr, err
 		}
-		ms = append(ms, transientMember(addr))
+		cr.members = append(cr.members, f.dynamicMember(addr))
 	}
-	return ms, false, rt, nil
-}
-
-// transientMember is a member for an address a lookup returned: it shares
-// the state (live connections, failure, health) that leases and farms hold
-// for the address, but the farm keeps no reference to it, so a table of a
-// million keys creates no lasting members. Its failure mark lasts only as
-// long as some lease or farm holds the address.
-func transientMember(addr string) *Member {
-	st := new(memberState)
-	v, _ := members.LoadOrStore(poolKey(addr), st)
-	_, _ = members.Delete(poolKey(addr))
-	return &Member{Addr: addr, state: v.(*memberState)}
+	return cr, nil
 }

@@ -82,8 +82,8 @@ func (l *FileLookup) Provision(ctx caddy.Context) error {
 
 // Resolve looks key up in the current table.
 func (l *FileLookup) Resolve(_ context.Context, key string) (lookup.Answer, bool, lookup.Result, error) {
-	addrs, ok := l.file.Lookup(key)
-	return lookup.Answer{Addrs: addrs}, ok, lookup.Hit, nil
+	value, ok := l.file.Lookup(key)
+	return lookup.TableAnswer(value), ok, lookup.Hit, nil
 }
 
 // Status reports the table's size and the last reload error.

@@ -107,6 +107,9 @@ type LookupAnswer struct {
 	Found  bool     `json:"found"`
 	To     []string `json:"to,omitempty"`
 	Refuse string   `json:"refuse,omitempty"`
+	// The named farm the answer names, and that farm's to addresses.
+	Farm   string   `json:"farm,omitempty"`
+	FarmTo []string `json:"farm_to,omitempty"`
 	// For a key not found: the farm's default (its to addresses), if any.
 	Default []string `json:"default,omitempty"`
 	// How it was answered: "table" (file), "hit", "fetched", "stale" or
@@ -144,7 +147,14 @@ func ResolveLookup(ctx context.Context, name, key string) (LookupAnswer, bool) {
 	if err != nil {
 		a.Error = err.Error()
 	}
-	a.To, a.Refuse = ans.Addrs, ans.Refuse
+	a.To, a.Refuse, a.Farm = ans.Addrs, ans.Refuse, ans.Farm
+	if a.Farm != "" {
+		if g := l.farms[a.Farm]; g != nil {
+			a.FarmTo = g.To
+		} else {
+			a.Error = "the answer names a farm this config does not define; clients with this key are refused"
+		}
+	}
 	if !a.Found && a.Error == "" {
 		a.Default = l.defaults
 	}

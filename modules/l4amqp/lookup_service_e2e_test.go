@@ -126,3 +126,49 @@ func TestDrainMovedAcrossReload(t *testing.T) {
 		t.Fatal("the session from before the reload was not ended when its route moved")
 	}
 }
+
+// TestLookupRedisMovesVhostBetweenFarms is amqpprox's "move a vhost to
+// another farm" word for word: Redis maps each vhost to a farm of the
+// config ("farm:blue"), and setting it to "farm:green" sends new
+// connections to green and, with drain_moved, ends the live session on
+// blue with Close 320, while a vhost still on blue goes on.
+func TestLookupRedisMovesVhostBetweenFarms(t *testing.T) {
+	watched, events := watchedBroker(t)
+	rs := e2e.StartRedis(t)
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, "farm:blue")
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostB, "farm:blue")
+	_, addr := startProxy(t, map[string]any{"handler": "amqp", "default": map[string]any{
+		"lookup": map[string]any{"source": "redis", "url": "redis://" + rs.Addr, "key": "{l4.amqp.vhost}",
+			"ttl": int64(time.Hour), "drain_moved": true},
+		"farms": map[string]any{
+			"blue":  map[string]any{"to": []string{e2e.RabbitAddr}},
+			"green": map[string]any{"to": []string{watched}},
+		}}})
+	a := dial(t, e2e.URL(addr, e2e.VhostA))
+	b := dial(t, e2e.URL(addr, e2e.VhostB))
+	roundTrip(t, a, 5)
+	roundTrip(t, b, 5)
+	expectNoEvent(t, events, 100*time.Millisecond) // both on blue
+	closed := a.NotifyClose(make(chan *amqp091.Error, 1))
+
+	moved := time.Now()
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, "farm:green")
+	select {
+	case err := <-closed:
+		if err == nil || err.Code != 320 || !strings.Contains(err.Reason, "the route for "+e2e.VhostA+" moved") {
+			t.Fatalf("the moved vhost's session ended with %v, want Close 320 saying its route moved", err)
+		}
+		if took := time.Since(moved); took > time.Second {
+			t.Fatalf("the moved session was ended %v after the change, want within 1s", took)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the moved vhost's session was not ended")
+	}
+	roundTrip(t, b, 5) // vhost B stayed on blue: its session goes on
+	a2 := dial(t, e2e.URL(addr, e2e.VhostA))
+	expectEvent(t, events, "open") // the reconnect reaches green
+	roundTrip(t, a2, 5)
+
+	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, "farm:purple")
+	refusal(t, e2e.URL(addr, e2e.VhostA), 530, `no route for key "`+e2e.VhostA+`"`, 2*time.Second)
+}
