@@ -1,6 +1,7 @@
 package lookup
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -37,22 +38,29 @@ func readArena(path string) (b []byte, free func(), err error) {
 		return nil, nil, fmt.Errorf("%s: mapping %d bytes: %w", path, size, err)
 	}
 	free = func() { _ = syscall.Munmap(m) }
+	if err := readInto(f, m); err != nil {
+		free()
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, free, nil
+}
+
+// readInto fills m with f's content, which must be exactly len(m) bytes.
+func readInto(f *os.File, m []byte) error {
 	for off := 0; off < len(m); off += readChunk {
 		// In chunks, yielding between them: one read of the whole file
 		// keeps a thread in the kernel for tens of milliseconds, which a
 		// Caddy on one CPU takes from its connections.
 		if _, err := io.ReadFull(f, m[off:min(off+readChunk, len(m))]); err != nil {
-			free()
-			return nil, nil, fmt.Errorf("%s: the file changed while it was read: %v", path, err)
+			return fmt.Errorf("the file changed while it was read: %v", err)
 		}
 		yield()
 	}
 	var one [1]byte
 	if n, _ := f.Read(one[:]); n > 0 {
-		free()
-		return nil, nil, fmt.Errorf("%s: the file grew while it was read", path)
+		return errors.New("the file grew while it was read")
 	}
-	return m, free, nil
+	return nil
 }
 
 // ownArena makes free part of t's mappings: t's arena is unmapped with

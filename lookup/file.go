@@ -2,6 +2,7 @@ package lookup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -26,8 +27,9 @@ type File struct {
 	err   atomic.Pointer[error]
 	seen  fileStamp
 	// Loaded is called (on the watching goroutine) after each load attempt,
-	// with the error if it failed. Optional; set before Watch.
-	Loaded func(t *Table, err error)
+	// with how long it took and the error if it failed. Optional; set
+	// before Watch.
+	Loaded func(t *Table, took time.Duration, err error)
 }
 
 // fileStamp is what says a file changed.
@@ -103,6 +105,7 @@ func (f *File) Watch(ctx context.Context, interval time.Duration) {
 		if err == nil && st == f.seen {
 			continue
 		}
+		start := time.Now()
 		if err == nil {
 			err = f.reload()
 		} else {
@@ -110,7 +113,7 @@ func (f *File) Watch(ctx context.Context, interval time.Duration) {
 			f.fail(err)
 		}
 		if f.Loaded != nil {
-			f.Loaded(f.table.Load(), err)
+			f.Loaded(f.table.Load(), time.Since(start), err)
 		}
 	}
 }
@@ -122,33 +125,60 @@ func (f *File) reload() error {
 	if err != nil {
 		return f.fail(err)
 	}
-	b, free, err := readArena(f.path)
+	t, err := loadTable(f.path)
 	if err != nil {
 		return f.fail(err)
 	}
-	if strings.HasSuffix(f.path, ".json") {
-		tsv, err := JSONToTSV(b)
-		free()
-		if err != nil {
-			return f.fail(fmt.Errorf("%s: %w", f.path, err))
-		}
-		b, free = tsv, func() {} // a heap arena: JSON tables are the small ones
-	}
-	if len(b) > 0 && b[len(b)-1] != '\n' {
-		free()
-		return f.fail(fmt.Errorf("%s: the last line has no newline: the file is incomplete (being written, or truncated)", f.path))
-	}
-	t, err := ParseTSVBytes(b)
-	if err != nil {
-		free()
-		return f.fail(fmt.Errorf("%s: %w", f.path, err))
-	}
-	ownArena(t, free)
 	f.seen = st
 	old := f.table.Swap(t)
 	f.err.Store(nil)
 	if old != nil {
 		go retire(old)
+	}
+	return nil
+}
+
+// loadTable reads and indexes the table at path: in a child process where
+// it can (child_linux.go), else in this one.
+func loadTable(path string) (*Table, error) {
+	t, err := loadInChild(path)
+	if !errors.Is(err, errNoChild) {
+		return t, err
+	}
+	return loadHere(path)
+}
+
+// loadHere reads and indexes the table at path in this process.
+func loadHere(path string) (*Table, error) {
+	b, free, err := readArena(path)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasSuffix(path, ".json") {
+		tsv, err := JSONToTSV(b)
+		free()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		b, free = tsv, func() {} // a heap arena: JSON tables are the small ones
+	}
+	if err := checkComplete(path, b); err != nil {
+		free()
+		return nil, err
+	}
+	t, err := ParseTSVBytes(b)
+	if err != nil {
+		free()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	ownArena(t, free)
+	return t, nil
+}
+
+// checkComplete refuses a table whose last line has no newline.
+func checkComplete(path string, b []byte) error {
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		return fmt.Errorf("%s: the last line has no newline: the file is incomplete (being written, or truncated)", path)
 	}
 	return nil
 }

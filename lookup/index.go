@@ -25,18 +25,36 @@ type slot struct {
 	r row
 }
 
-// newIndex makes an index for up to keys keys.
+// slotSize is a slot's size in memory: 16 bytes.
+const slotSize = int(unsafe.Sizeof(slot{}))
+
+// indexSlots is the number of slots of an index for up to keys keys.
+func indexSlots(keys int) int { return max(8, keys+keys/4+1) }
+
+// newIndex makes an index for up to keys keys, in memory of its own.
 func newIndex(keys int) (*index, error) {
-	size := max(8, keys+keys/4+1)
-	mem, err := syscall.Mmap(-1, 0, size*int(unsafe.Sizeof(slot{})), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+	size := indexSlots(keys)
+	mem, err := syscall.Mmap(-1, 0, size*slotSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
 	if err != nil {
 		return nil, fmt.Errorf("mapping an index of %d slots: %w", size, err)
 	}
-	return &index{slots: unsafe.Slice((*slot)(unsafe.Pointer(&mem[0])), size), mem: mem}, nil
+	x := indexOver(mem)
+	x.mem = mem
+	return x, nil
 }
 
-// free unmaps the index; it must not be used afterwards.
-func (x *index) free() { _ = syscall.Munmap(x.mem) }
+// indexOver is an index whose slots are mem (zeroed, a multiple of
+// slotSize, 8-byte aligned), which its owner frees.
+func indexOver(mem []byte) *index {
+	return &index{slots: unsafe.Slice((*slot)(unsafe.Pointer(unsafe.SliceData(mem))), len(mem)/slotSize)}
+}
+
+// free unmaps the index's own memory; it must not be used afterwards.
+func (x *index) free() {
+	if x.mem != nil {
+		_ = syscall.Munmap(x.mem)
+	}
+}
 
 // home is h's first slot: h scaled onto the slots (Lemire's fast range).
 func (x *index) home(h uint64) int {

@@ -6,10 +6,11 @@ package lookup
 
 import (
 	"bytes"
+	crand "crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"io"
 	"net"
 	"runtime"
@@ -18,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // MaxKeyLen bounds a key, in a table and in a lookup: longer keys are
@@ -48,7 +51,7 @@ const maxLineLen = 64 << 10
 type Table struct {
 	arena []byte
 	idx   *index
-	seed  maphash.Seed
+	seed  uint64 // of the key hash: random per table (newSeed)
 	mem   *mappings
 	// readers counts lookups under way through a File, which unmaps a
 	// replaced table once none is left (File.retire).
@@ -105,8 +108,27 @@ func (t *Table) Lookup(key string) ([]string, bool) {
 	return strings.Split(string(t.value(e)), ","), true
 }
 
+// hash is key's 64-bit hash: xxHash64 with the table's seed. Not Go's
+// maphash: a table built in a child process (child.go) is used by its
+// parent, so the hash must be computable from a seed that can be passed
+// along. The seed is random per table, so that a client cannot aim keys
+// at one index slot.
+func (t *Table) hash(key string) uint64 {
+	var d xxhash.Digest
+	d.ResetWithSeed(t.seed)
+	_, _ = d.WriteString(key)
+	return d.Sum64()
+}
+
+// newSeed is a random hash seed.
+func newSeed() uint64 {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	return binary.LittleEndian.Uint64(b[:])
+}
+
 func (t *Table) find(key string) (row, bool) {
-	return t.idx.find(t, maphash.String(t.seed, key), key)
+	return t.idx.find(t, t.hash(key), key)
 }
 
 // ParseTSV reads a table of lines `key<TAB>address[,address…]`, where an
@@ -133,7 +155,7 @@ func ParseTSVBytes(b []byte) (*Table, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Table{arena: b, idx: idx, seed: maphash.MakeSeed(), mem: &mappings{frees: []func(){idx.free}}}
+	t := &Table{arena: b, idx: idx, seed: newSeed(), mem: &mappings{frees: []func(){idx.free}}}
 	if err := t.parse(b); err != nil {
 		idx.free()
 		return nil, err
@@ -191,7 +213,7 @@ func countLines(b []byte) int {
 // add indexes e, refusing a key already there.
 func (t *Table) add(e row) error {
 	key := t.key(e)
-	if t.idx.insert(t, maphash.Bytes(t.seed, key), e) {
+	if t.idx.insert(t, t.hash(unsafe.String(unsafe.SliceData(key), len(key))), e) {
 		return fmt.Errorf("key %q is listed twice", key)
 	}
 	return nil

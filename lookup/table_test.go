@@ -130,7 +130,9 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 
 // TestFileReloads: a replaced file is read again within a second; a bad
 // or incomplete one keeps the last good table and says why.
-func TestFileReloads(t *testing.T) {
+func TestFileReloads(t *testing.T) { bothBuilds(t, testFileReloads) }
+
+func testFileReloads(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "routes.tsv")
 	writeFile(t, path, "alice\t10.0.0.1:9418\n")
 	f, err := OpenFile(path)
@@ -138,7 +140,7 @@ func TestFileReloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	loads := make(chan error, 16)
-	f.Loaded = func(_ *Table, err error) { loads <- err }
+	f.Loaded = func(_ *Table, _ time.Duration, err error) { loads <- err }
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go f.Watch(ctx, 50*time.Millisecond)
@@ -173,7 +175,9 @@ func TestFileReloads(t *testing.T) {
 	waitFor(t, "the file back", func() bool { return lookup("alice") == "10.0.0.6:9418" && f.Err() == nil })
 }
 
-func TestOpenFileFailsOnABadFirstRead(t *testing.T) {
+func TestOpenFileFailsOnABadFirstRead(t *testing.T) { bothBuilds(t, testOpenFileFailsOnABadFirstRead) }
+
+func testOpenFileFailsOnABadFirstRead(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "routes.tsv")
 	if _, err := OpenFile(path); !os.IsNotExist(err) {
 		t.Fatalf("missing file: %v", err)
@@ -379,6 +383,22 @@ func TestIndexCollisions(t *testing.T) {
 // lookups under way in them are done, while lookups go on (a lookup into
 // an unmapped table would crash the test).
 func TestFileArenasFreed(t *testing.T) {
+	bothBuilds(t, testFileArenasFreed)
+}
+
+// bothBuilds runs test with tables built in child processes (where the
+// OS has them) and in the test's own process.
+func bothBuilds(t *testing.T, test func(t *testing.T)) {
+	t.Run("child", test)
+	t.Run("here", func(t *testing.T) {
+		was := childBuilds
+		childBuilds = false
+		defer func() { childBuilds = was }()
+		test(t)
+	})
+}
+
+func testFileArenasFreed(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "routes.tsv")
 	writeFile(t, path, "alice\t10.0.0.1:1\n")
 	f, err := OpenFile(path)
@@ -401,13 +421,13 @@ func TestFileArenasFreed(t *testing.T) {
 		}
 	}()
 	var replaced []*Table
-	for i := range 200 {
+	for i := range 40 {
 		replaced = append(replaced, f.Table())
 		writeFile(t, path, fmt.Sprintf("alice\t10.0.0.%d:1\n%s", i%250+1, strings.Repeat("#pad\n", i)))
 		if err := f.reload(); err != nil {
 			t.Fatal(err)
 		}
-		if i%20 == 0 {
+		if i%10 == 0 {
 			runtime.GC()
 		}
 	}
@@ -465,7 +485,9 @@ func TestJSONToTSV(t *testing.T) {
 
 // TestFileJSON: a .json path is read as a JSON map, and a replaced map
 // is used within a second.
-func TestFileJSON(t *testing.T) {
+func TestFileJSON(t *testing.T) { bothBuilds(t, testFileJSON) }
+
+func testFileJSON(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "routes.json")
 	writeFile(t, path, sampleJSON)
 	f, err := OpenFile(path)

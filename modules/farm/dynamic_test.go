@@ -183,3 +183,22 @@ func TestNamedFarmsValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestDynamicMembersSurviveReload: at cleanup a farm hands its dynamic
+// members to the newer farm of its name, failure marks and all.
+func TestDynamicMembersSurviveReload(t *testing.T) {
+	dead := e2e.FreePort(t)
+	table := fileLookup(t, "dead\t"+dead+"\n")
+	old := &Farm{Name: t.Name(), FailDuration: caddy.Duration(time.Minute), LookupRaw: table}
+	provisioned(t, old)
+	if _, err := dialKey(old, "dead"); err == nil {
+		t.Fatal("dialed a dead member")
+	}
+	next := provisioned(t, &Farm{Name: t.Name(), FailDuration: caddy.Duration(time.Minute), LookupRaw: table})
+	if err := old.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if !next.dynamic.has(dead) || !next.dynamicMember(dead).Failed(time.Now()) {
+		t.Fatal("the new farm did not take over the failed dynamic member")
+	}
+}

@@ -68,12 +68,12 @@ func (l *FileLookup) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("lookup file: %w", err)
 	}
 	logger := ctx.Logger()
-	f.Loaded = func(t *lookup.Table, err error) {
+	f.Loaded = func(t *lookup.Table, took time.Duration, err error) {
 		if err != nil {
 			logger.Error("lookup file not reloaded: keeping the last good table", zap.String("path", l.Path), zap.Error(err))
 			return
 		}
-		logger.Info("lookup file reloaded", zap.String("path", l.Path), zap.Int("keys", t.Len()))
+		logger.Info("lookup file reloaded", zap.String("path", l.Path), zap.Int("keys", t.Len()), zap.Duration("took", took))
 	}
 	l.file = f
 	go f.Watch(ctx, time.Duration(l.Refresh))

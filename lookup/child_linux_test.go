@@ -1,0 +1,91 @@
+package lookup
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestChildTableMatchesOwnBuild: a table built by a child process answers
+// every key as one built here does, misses included, for TSV and JSON,
+// and an empty file is an empty table.
+func TestChildTableMatchesOwnBuild(t *testing.T) {
+	dir := t.TempDir()
+	var b strings.Builder
+	for i := range 10000 {
+		fmt.Fprintf(&b, "key-%d\t10.%d.%d.%d:%d\n", i, i>>16&255, i>>8&255, i&255, 1+i%65535)
+	}
+	b.WriteString("farmed\tfarm:blue\n# a comment\n\n")
+	for name, text := range map[string]string{"big.tsv": b.String(), "small.json": sampleJSON, "empty.tsv": ""} {
+		path := filepath.Join(dir, name)
+		writeFile(t, path, text)
+		child, err := loadInChild(path)
+		if err != nil {
+			t.Fatalf("%s: child: %v", name, err)
+		}
+		here, err := loadHere(path)
+		if err != nil {
+			t.Fatalf("%s: here: %v", name, err)
+		}
+		if child.Len() != here.Len() {
+			t.Fatalf("%s: %d keys from the child, %d here", name, child.Len(), here.Len())
+		}
+		keys := []string{"missing", "key-10000", ""}
+		for key := range tableKeys(here) {
+			keys = append(keys, key)
+		}
+		if len(keys) != here.Len()+3 {
+			t.Fatalf("%s: %d keys listed, %d in the table", name, len(keys)-3, here.Len())
+		}
+		for _, key := range keys {
+			ca, cok := child.Lookup(key)
+			ha, hok := here.Lookup(key)
+			if cok != hok || strings.Join(ca, ",") != strings.Join(ha, ",") {
+				t.Fatalf("%s: %q: child %v %v, here %v %v", name, key, ca, cok, ha, hok)
+			}
+		}
+		child.mem.release()
+		here.mem.release()
+	}
+}
+
+// TestChildErrorsAreTheParseErrors: a table the child cannot parse gives
+// the same error as a build here, naming the file and the line.
+func TestChildErrorsAreTheParseErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, text := range map[string]string{"a.tsv": "ok\t1.2.3.4:1\nbad line\n", "b.tsv": "cut\t1.2.3.4:1", "c.json": `{"a": 1}`} {
+		path := filepath.Join(dir, name)
+		writeFile(t, path, text)
+		_, cerr := loadInChild(path)
+		_, herr := loadHere(path)
+		if cerr == nil || herr == nil || cerr.Error() != herr.Error() {
+			t.Errorf("%s: child %v, here %v", name, cerr, herr)
+		}
+	}
+	if _, err := loadInChild(filepath.Join(dir, "missing.tsv")); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("a missing file: %v", err)
+	}
+}
+
+// TestChildTableBadHeader: a memory file that is not a table the child
+// wrote is refused, never indexed.
+func TestChildTableBadHeader(t *testing.T) {
+	for name, size := range map[string]int{"empty": 0, "one page of zeros": os.Getpagesize(), "three pages": 3 * os.Getpagesize()} {
+		fd, err := unix.MemfdCreate("test", unix.MFD_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem := os.NewFile(uintptr(fd), "test")
+		if err := mem.Truncate(int64(size)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := mapChildTable(mem); err == nil {
+			t.Errorf("%s: mapped", name)
+		}
+		mem.Close()
+	}
+}
