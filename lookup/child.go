@@ -3,6 +3,8 @@ package lookup
 import (
 	"encoding/binary"
 	"errors"
+	"sync/atomic"
+	"time"
 )
 
 // A table is built in a child process where the OS allows it
@@ -25,6 +27,40 @@ import (
 // next page boundary, the index's slots; the parent maps that file read
 // only. The key hash is seeded xxHash64 (Table.hash), so the parent can
 // look keys up in an index the child built.
+
+// childBuilds turns child processes on (Linux). The environment variable
+// PRELUDE_LOOKUP_BUILD=here turns them off (to compare, or where a
+// process may not start another); tests turn them off to test the
+// parent's own build.
+var childBuilds atomic.Bool
+
+// childMinSize is the smallest table built in a child (bytes): a child
+// costs about 80 ms of CPU in Caddy's start-up, and a smaller table
+// parses here in well under a millisecond.
+var childMinSize atomic.Int64
+
+// childLimit is how long a child may take. Its low priority means that on
+// a CPU other work keeps busy it may get almost nothing done: then it is
+// stopped and the table is built here, at Caddy's own priority.
+var childLimit atomic.Int64
+
+// Defaults of childMinSize and childLimit; tests change them.
+const (
+	defaultChildMinSize = 64 << 10
+	defaultChildLimit   = 5 * time.Second
+)
+
+func init() {
+	childMinSize.Store(defaultChildMinSize)
+	childLimit.Store(int64(defaultChildLimit))
+}
+
+// How a table was built (Table.BuiltBy).
+const (
+	BuiltByChild  = "child"
+	BuiltHere     = "here"
+	BuiltHereLate = "here, the child ran out of time"
+)
 
 // childParseFailed is the exit code of a child whose table did not parse;
 // its standard error then holds the reason.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -16,16 +17,11 @@ import (
 	"github.com/caddyprelude/prelude/lookup/internal/childprio"
 )
 
-// childBuilds turns child processes on. The environment variable
-// PRELUDE_LOOKUP_BUILD=here turns them off (to compare, or where a
-// process may not start another); tests turn them off to test the
-// parent's own build.
-var childBuilds = os.Getenv("PRELUDE_LOOKUP_BUILD") != "here"
-
 func init() {
 	if path := os.Getenv(childprio.Env); path != "" {
 		os.Exit(childMain(path))
 	}
+	childBuilds.Store(os.Getenv("PRELUDE_LOOKUP_BUILD") != "here")
 }
 
 // childMain builds the table at path into descriptor 3. It runs in a
@@ -116,9 +112,9 @@ func mapShared(f *os.File, off, n int64, prot int) ([]byte, error) {
 
 // loadInChild builds the table at path in a child process and maps it.
 // A table that does not parse gives the child's error; anything else that
-// goes wrong gives errNoChild.
-func loadInChild(path string) (*Table, error) {
-	if !childBuilds {
+// goes wrong, including a child not done within limit, gives errNoChild.
+func loadInChild(path string, limit time.Duration) (*Table, error) {
+	if !childBuilds.Load() {
 		return nil, errNoChild
 	}
 	fd, err := unix.MemfdCreate("prelude-lookup-table", unix.MFD_CLOEXEC)
@@ -140,6 +136,8 @@ func loadInChild(path string) (*Table, error) {
 	stderr := &capped{max: 4 << 10}
 	if err = cmd.Start(); err == nil {
 		childprio.LowerThread(cmd.Process.Pid)
+		timer := time.AfterFunc(limit, func() { _ = cmd.Process.Kill() })
+		defer timer.Stop()
 		// Until the child exits, wait on its standard error, through Go's
 		// network poller: Wait's waitid(2) would hold this thread's
 		// scheduler slot until Go's monitor took it back, up to 10 ms
@@ -156,6 +154,7 @@ func loadInChild(path string) (*Table, error) {
 		mem.Close()
 		return nil, fmt.Errorf("%w: %v: %s", errNoChild, err, stderr.String())
 	}
+	// Killed by the timer just as it was done: its table is whole.
 	return mapChildTable(mem)
 }
 
@@ -180,7 +179,7 @@ func mapChildTable(mem *os.File) (*Table, error) {
 	}
 	idx := indexOver(m[h.idxOff:])
 	idx.n = int(h.n)
-	t := &Table{arena: m[page : page+h.arenaLen], idx: idx, seed: h.seed,
+	t := &Table{arena: m[page : page+h.arenaLen], idx: idx, seed: h.seed, BuiltBy: BuiltByChild,
 		mem: &mappings{frees: []func(){func() { freeChildTable(mem, m) }}}}
 	runtime.AddCleanup(t, (*mappings).release, t.mem)
 	return t, nil

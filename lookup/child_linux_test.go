@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,7 +24,7 @@ func TestChildTableMatchesOwnBuild(t *testing.T) {
 	for name, text := range map[string]string{"big.tsv": b.String(), "small.json": sampleJSON, "empty.tsv": ""} {
 		path := filepath.Join(dir, name)
 		writeFile(t, path, text)
-		child, err := loadInChild(path)
+		child, err := loadInChild(path, time.Minute)
 		if err != nil {
 			t.Fatalf("%s: child: %v", name, err)
 		}
@@ -60,13 +61,13 @@ func TestChildErrorsAreTheParseErrors(t *testing.T) {
 	for name, text := range map[string]string{"a.tsv": "ok\t1.2.3.4:1\nbad line\n", "b.tsv": "cut\t1.2.3.4:1", "c.json": `{"a": 1}`} {
 		path := filepath.Join(dir, name)
 		writeFile(t, path, text)
-		_, cerr := loadInChild(path)
+		_, cerr := loadInChild(path, time.Minute)
 		_, herr := loadHere(path)
 		if cerr == nil || herr == nil || cerr.Error() != herr.Error() {
 			t.Errorf("%s: child %v, here %v", name, cerr, herr)
 		}
 	}
-	if _, err := loadInChild(filepath.Join(dir, "missing.tsv")); err == nil || !strings.Contains(err.Error(), "no such file") {
+	if _, err := loadInChild(filepath.Join(dir, "missing.tsv"), time.Minute); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("a missing file: %v", err)
 	}
 }
@@ -88,4 +89,39 @@ func TestChildTableBadHeader(t *testing.T) {
 		}
 		mem.Close()
 	}
+}
+
+// TestLoadTableChoosesTheBuild: a big table is built by a child, a small
+// one here, and one whose child runs out of time here after it.
+func TestLoadTableChoosesTheBuild(t *testing.T) {
+	dir := t.TempDir()
+	small, big := filepath.Join(dir, "small.tsv"), filepath.Join(dir, "big.tsv")
+	writeFile(t, small, "alice\t10.0.0.1:1\n")
+	var b strings.Builder
+	for i := 0; b.Len() < defaultChildMinSize; i++ {
+		fmt.Fprintf(&b, "key-%d\t10.0.0.1:1\n", i)
+	}
+	writeFile(t, big, b.String())
+	for _, c := range []struct {
+		path  string
+		limit time.Duration
+		want  string
+	}{
+		{small, time.Minute, BuiltHere},
+		{big, time.Minute, BuiltByChild},
+		{big, time.Nanosecond, BuiltHereLate},
+	} {
+		childLimit.Store(int64(c.limit))
+		tb, err := loadTable(c.path)
+		if err != nil {
+			t.Fatalf("%s: %v", c.path, err)
+		}
+		if tb.BuiltBy != c.want {
+			t.Errorf("%s, limit %v: built %q (%v), want %q", filepath.Base(c.path), c.limit, tb.BuiltBy, err, c.want)
+		}
+		if got, ok := tb.Lookup("key-7"); c.path == big && (!ok || got[0] != "10.0.0.1:1") {
+			t.Errorf("%s: key-7 is %v %v", c.want, got, ok)
+		}
+	}
+	childLimit.Store(int64(defaultChildLimit))
 }

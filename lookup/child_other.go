@@ -2,7 +2,7 @@
 
 package lookup
 
-// loadInChild is only on Linux: elsewhere the parent builds every table.
-func loadInChild(string) (*Table, error) { return nil, errNoChild }
+import "time"
 
-var childBuilds = false
+// loadInChild is only on Linux: elsewhere the parent builds every table.
+func loadInChild(string, time.Duration) (*Table, error) { return nil, errNoChild }

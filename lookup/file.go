@@ -140,12 +140,24 @@ func (f *File) reload() error {
 
 // loadTable reads and indexes the table at path: in a child process where
 // it can (child_linux.go), else in this one.
+//
+// A table under childMinSize is built here, and so is one whose child
+// failed or ran out of time (childLimit).
 func loadTable(path string) (*Table, error) {
-	t, err := loadInChild(path)
+	if fi, err := os.Stat(path); err == nil && fi.Size() < childMinSize.Load() {
+		return loadHere(path)
+	}
+	start := time.Now()
+	limit := time.Duration(childLimit.Load())
+	t, err := loadInChild(path, limit)
 	if !errors.Is(err, errNoChild) {
 		return t, err
 	}
-	return loadHere(path)
+	t, err = loadHere(path)
+	if t != nil && time.Since(start) >= limit {
+		t.BuiltBy = BuiltHereLate
+	}
+	return t, err
 }
 
 // loadHere reads and indexes the table at path in this process.
@@ -172,6 +184,7 @@ func loadHere(path string) (*Table, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	ownArena(t, free)
+	t.BuiltBy = BuiltHere
 	return t, nil
 }
 

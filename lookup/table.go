@@ -56,6 +56,9 @@ type Table struct {
 	// readers counts lookups under way through a File, which unmaps a
 	// replaced table once none is left (File.retire).
 	readers atomic.Int64
+	// BuiltBy says how a File built it: BuiltByChild, BuiltHere or
+	// BuiltHereLate; empty for a table parsed by ParseTSV.
+	BuiltBy string
 }
 
 // mappings are the memory a table maps outside the Go heap, unmapped once:

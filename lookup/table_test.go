@@ -387,13 +387,21 @@ func TestFileArenasFreed(t *testing.T) {
 }
 
 // bothBuilds runs test with tables built in child processes (where the
-// OS has them) and in the test's own process.
+// OS has them; here every table, however small, and a child given up
+// after half a second, as on a busy machine) and in the test's own
+// process.
 func bothBuilds(t *testing.T, test func(t *testing.T)) {
-	t.Run("child", test)
+	t.Run("child", func(t *testing.T) {
+		childMinSize.Store(0)
+		childLimit.Store(int64(500 * time.Millisecond))
+		defer childMinSize.Store(defaultChildMinSize)
+		defer childLimit.Store(int64(defaultChildLimit))
+		test(t)
+	})
 	t.Run("here", func(t *testing.T) {
-		was := childBuilds
-		childBuilds = false
-		defer func() { childBuilds = was }()
+		was := childBuilds.Load()
+		childBuilds.Store(false)
+		defer childBuilds.Store(was)
 		test(t)
 	})
 }

@@ -1,6 +1,7 @@
 package farm
 
 import (
+	"net"
 	"sync"
 	"time"
 
@@ -41,18 +42,16 @@ func newDynamicMembers(size int) *dynamicMembers {
 	return &dynamicMembers{lru: lru}
 }
 
-// get returns the member for addr, creating it on first use, and marks it
-// seen now.
-func (d *dynamicMembers) get(addr string, now time.Time) *Member {
+// get returns the member for addr, creating it with opts on first use,
+// and marks it seen now.
+func (d *dynamicMembers) get(addr string, opts memberOpts, now time.Time) *Member {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if e, ok := d.lru.Get(addr); ok {
 		e.seen = now
 		return e.m
 	}
-	st := new(memberState)
-	v, _ := members.LoadOrStore(poolKey(addr), st)
-	m := &Member{Addr: addr, state: v.(*memberState)}
+	m := newDynamicMember(addr, opts)
 	d.lru.Add(addr, &dynamicMember{m: m, seen: now})
 	return m
 }
@@ -66,7 +65,9 @@ func (d *dynamicMembers) adopt(e *dynamicMember) {
 		return
 	}
 	v, _ := members.LoadOrStore(poolKey(e.m.Addr), e.m.state)
-	d.lru.Add(e.m.Addr, &dynamicMember{m: &Member{Addr: e.m.Addr, state: v.(*memberState)}, seen: e.seen})
+	m := *e.m
+	m.state = v.(*memberState)
+	d.lru.Add(e.m.Addr, &dynamicMember{m: &m, seen: e.seen})
 }
 
 // list is the members, least recently used first.
@@ -109,23 +110,30 @@ func sweepInterval(idle time.Duration) time.Duration {
 	return max(min(idle/4, time.Minute), 10*time.Millisecond)
 }
 
-// dynamicMember returns the connection's member for addr: one of the
-// farm's dynamic members, or, before Provision, one that only leases hold.
-func (f *Farm) dynamicMember(addr string) *Member {
+// dynamicMember returns the connection's member for addr, with opts: one
+// of the farm's dynamic members, or, before Provision, one that only
+// leases hold.
+func (f *Farm) dynamicMember(addr string, opts memberOpts) *Member {
 	if f.dynamic == nil {
-		return transientMember(addr)
+		m := newDynamicMember(addr, opts)
+		_, _ = members.Delete(poolKey(addr))
+		return m
 	}
-	return f.dynamic.get(addr, time.Now())
+	return f.dynamic.get(addr, opts, time.Now())
 }
 
-// transientMember is a member that the farm keeps no reference to: it
-// shares the state that leases and farms hold for the address while they
-// hold it.
-func transientMember(addr string) *Member {
+// newDynamicMember is a member for addr holding one reference on its
+// shared state, with opts; TLS without a server name of its own names
+// addr's host (an upstream block with placeholders knows it only now).
+func newDynamicMember(addr string, opts memberOpts) *Member {
 	st := new(memberState)
 	v, _ := members.LoadOrStore(poolKey(addr), st)
-	_, _ = members.Delete(poolKey(addr))
-	return &Member{Addr: addr, state: v.(*memberState)}
+	m := &Member{Addr: addr, Zone: opts.zone, tls: opts.tls, state: v.(*memberState)}
+	if m.tls != nil && m.tls.ServerName == "" {
+		m.tls = m.tls.Clone()
+		m.tls.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	return m
 }
 
 // handOverDynamic gives f's dynamic members to the farm of the config

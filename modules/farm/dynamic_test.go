@@ -52,7 +52,7 @@ func TestDynamicMembersKeepStateBoundedAndDropIdle(t *testing.T) {
 	if _, err := dialKey(f, "dead"); err == nil {
 		t.Fatal("dialed a dead member")
 	}
-	if !f.dynamic.has(dead) || !f.dynamicMember(dead).Failed(time.Now()) {
+	if !f.dynamic.has(dead) || !f.dynamicMember(dead, memberOpts{}).Failed(time.Now()) {
 		t.Fatal("the dead member's failure mark did not outlive its connection")
 	}
 	la, err := dialKey(f, "a")
@@ -112,7 +112,7 @@ func TestHealthChecksProbeDynamicMembers(t *testing.T) {
 	}
 	release(l)
 	deadline := time.Now().Add(5 * time.Second)
-	for !f.dynamicMember(bad).Unhealthy() {
+	for !f.dynamicMember(bad, memberOpts{}).Unhealthy() {
 		if time.Now().After(deadline) {
 			t.Fatal("the dynamic member was never probed")
 		}
@@ -198,7 +198,7 @@ func TestDynamicMembersSurviveReload(t *testing.T) {
 	if err := old.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if !next.dynamic.has(dead) || !next.dynamicMember(dead).Failed(time.Now()) {
+	if !next.dynamic.has(dead) || !next.dynamicMember(dead, memberOpts{}).Failed(time.Now()) {
 		t.Fatal("the new farm did not take over the failed dynamic member")
 	}
 }

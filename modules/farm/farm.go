@@ -109,8 +109,9 @@ type Farm struct {
 
 	table   *lookupState // the lookup, provisioned from LookupRaw
 	targets []target
-	// to addresses with placeholders, expanded per connection (templates.go)
-	templates []string
+	// to and upstream addresses with placeholders, expanded per
+	// connection (templates.go)
+	templates []template
 	policy    policy
 	dns       *net.Resolver
 	mu        sync.Mutex
@@ -220,7 +221,7 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("upstreams %s: %v", u.Address, err)
 		}
-		if cfg != nil && cfg.ServerName == "" {
+		if cfg != nil && cfg.ServerName == "" && !isTemplate(u.Address) {
 			cfg.ServerName, _, _ = net.SplitHostPort(u.Address)
 		}
 		opts[u.Address] = memberOpts{tls: cfg, zone: u.Zone}
@@ -230,7 +231,7 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	}
 	for _, a := range addrs {
 		if isTemplate(a) {
-			f.templates = append(f.templates, a)
+			f.templates = append(f.templates, template{addr: a, opts: opts[a]})
 			continue
 		}
 		if name, ok := strings.CutPrefix(a, "srv+"); ok {
@@ -307,11 +308,6 @@ func (f *Farm) Validate() error {
 	all := append([]string(nil), f.To...)
 	for _, u := range f.Upstreams {
 		all = append(all, u.Address)
-	}
-	for _, u := range f.Upstreams {
-		if isTemplate(u.Address) {
-			return fmt.Errorf("upstream %s: placeholders are for to addresses only", u.Address)
-		}
 	}
 	for _, a := range all {
 		if isTemplate(a) {

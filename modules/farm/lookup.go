@@ -235,7 +235,7 @@ func (f *Farm) connectionMembers(ctx context.Context) (cr connectionRoute, err e
 		case ok:
 			cr.members, cr.only = make([]*Member, 0, len(ans.Addrs)), true
 			for _, a := range ans.Addrs {
-				cr.members = append(cr.members, f.dynamicMember(a))
+				cr.members = append(cr.members, f.dynamicMember(a, memberOpts{}))
 			}
 			return cr, nil
 		case len(f.targets) == 0 && len(f.templates) == 0:
@@ -243,11 +243,11 @@ func (f *Farm) connectionMembers(ctx context.Context) (cr connectionRoute, err e
 		}
 	}
 	for _, tmpl := range f.templates {
-		addr, err := expandAddress(ctx, tmpl)
+		addr, err := expandAddress(ctx, tmpl.addr)
 		if err != nil {
 			return cr, err
 		}
-		cr.members = append(cr.members, f.dynamicMember(addr))
+		cr.members = append(cr.members, f.dynamicMember(addr, tmpl.opts))
 	}
 	return cr, nil
 }

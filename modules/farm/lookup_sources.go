@@ -73,7 +73,8 @@ func (l *FileLookup) Provision(ctx caddy.Context) error {
 			logger.Error("lookup file not reloaded: keeping the last good table", zap.String("path", l.Path), zap.Error(err))
 			return
 		}
-		logger.Info("lookup file reloaded", zap.String("path", l.Path), zap.Int("keys", t.Len()), zap.Duration("took", took))
+		logger.Info("lookup file reloaded", zap.String("path", l.Path), zap.Int("keys", t.Len()), zap.Duration("took", took),
+			zap.String("built", t.BuiltBy))
 	}
 	l.file = f
 	go f.Watch(ctx, time.Duration(l.Refresh))

@@ -10,6 +10,13 @@ import (
 	"github.com/caddyprelude/prelude/lookup"
 )
 
+// template is a to or upstream address with placeholders, and the
+// upstream block's options for the members it expands to.
+type template struct {
+	addr string
+	opts memberOpts
+}
+
 // isTemplate reports whether a to address holds placeholders, to be
 // expanded per connection.
 func isTemplate(addr string) bool { return strings.Contains(addr, "{") }

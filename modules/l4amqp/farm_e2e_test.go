@@ -335,3 +335,33 @@ func TestAMQPSFromClients(t *testing.T) {
 		t.Fatalf("sessions: %+v", s)
 	}
 }
+
+// TestUpstreamTLSWithPlaceholders: an upstream block whose address holds
+// placeholders keeps its TLS options for the members it expands to, and
+// checks each member's certificate against the expanded host when the
+// block names no server.
+func TestUpstreamTLSWithPlaceholders(t *testing.T) {
+	e2e.RequireRabbit(t)
+	ca := e2e.NewTestCA(t)
+	tlsAddr := e2e.StartTLSRelay(t, ca, e2e.RabbitAddr)
+	_, port, _ := net.SplitHostPort(tlsAddr)
+	h := handler(map[string]any{"vhosts": []string{e2e.VhostB}, "upstreams": []any{map[string]any{
+		"address": "{env.PRELUDE_TEST_MEMBER_HOST}:" + port, "tls": map[string]any{"ca": ca.CAFile},
+	}}})
+	c, addr := startProxy(t, h)
+
+	t.Setenv("PRELUDE_TEST_MEMBER_HOST", "127.0.0.1") // in the certificate
+	conn := dial(t, e2e.URL(addr, e2e.VhostB))
+	roundTrip(t, conn, 20)
+	if s := sessions(t, c, ""); len(s) != 1 || s[0].Upstream != tlsAddr {
+		t.Fatalf("sessions: %+v", s)
+	}
+	_ = conn.Close()
+
+	t.Setenv("PRELUDE_TEST_MEMBER_HOST", "localhost") // not in the certificate
+	_, err := amqp091.Dial(e2e.URL(addr, e2e.VhostB))
+	var aerr *amqp091.Error
+	if !errors.As(err, &aerr) || aerr.Code != 320 || !strings.Contains(aerr.Reason, "certificate") {
+		t.Fatalf("a member whose certificate does not name the expanded host: %v, want 320 naming the certificate", err)
+	}
+}

@@ -81,6 +81,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Recovery == "" {
 		h.Recovery = DefaultRecoveryPath(h.StatsName)
 	}
+	h.Farm.Name = "foo " + h.StatsName
 	if err := h.Farm.Provision(ctx); err != nil {
 		return err
 	}

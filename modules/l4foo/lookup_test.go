@@ -59,7 +59,15 @@ func TestLookupByClientAddress(t *testing.T) {
 	if err := os.Rename(routes+".tmp", routes); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, body := c.Get(t, "/prelude/lookups/foo%20default?key=127.0.0.1")
+		if strings.Contains(body, `"found":false`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the table without 127.0.0.1 not in use after 3 s: %s", body)
+		}
+	}
 	got := exchange(t, addr, "REQ 7 hello\n")
 	if want := "NAK 7 proxy: no route for key \"127.0.0.1\"\n"; got != want {
 		t.Fatalf("unrouted client got %q, want %q", got, want)

@@ -108,6 +108,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.pool = acquirePool(h.Workers)
 		return nil
 	}
+	h.Farm.Name = "zmtp"
 	return h.Farm.Provision(ctx)
 }
 
