@@ -388,12 +388,11 @@ func TestFileArenasFreed(t *testing.T) {
 
 // bothBuilds runs test with tables built in child processes (where the
 // OS has them; here every table, however small, and a child given up
-// after half a second, as on a busy machine) and in the test's own
-// process.
+// after 300 ms, as on a busy machine) and in the test's own process.
 func bothBuilds(t *testing.T, test func(t *testing.T)) {
 	t.Run("child", func(t *testing.T) {
 		childMinSize.Store(0)
-		childLimit.Store(int64(500 * time.Millisecond))
+		childLimit.Store(int64(300 * time.Millisecond))
 		defer childMinSize.Store(defaultChildMinSize)
 		defer childLimit.Store(int64(defaultChildLimit))
 		test(t)
@@ -511,8 +510,8 @@ func testFileJSON(t *testing.T) {
 	writeFile(t, path, `{"alice": "10.0.0.7:9418"}`)
 	waitFor(t, "the new map", func() bool { got, _ := f.Lookup("alice"); return len(got) == 1 && got[0] == "10.0.0.7:9418" })
 	writeFile(t, path, `{"alice": "10.0.0.8:9418"`) // truncated: the last good map stays
-	time.Sleep(200 * time.Millisecond)
-	if got, _ := f.Lookup("alice"); got[0] != "10.0.0.7:9418" || f.Err() == nil {
+	waitFor(t, "the truncated map noticed", func() bool { return f.Err() != nil })
+	if got, _ := f.Lookup("alice"); got[0] != "10.0.0.7:9418" {
 		t.Fatalf("after a truncated map: %v, error %v", got, f.Err())
 	}
 }
