@@ -30,7 +30,7 @@ func TestLookupConfigErrors(t *testing.T) {
 		"lookup ldap ldap://x { \n key {l4.git.owner}\n }":                    `unknown source "ldap"`,
 		"lookup http http://x/{key} {\n key {l4.git.owner}\n refresh 1s\n }":  `lookup http: unknown option "refresh"`,
 		"lookup file routes.tsv {\n key {l4.git.owner}\n ttl 1s\n }":          `lookup file: unknown option "ttl"`,
-		"lookup redis redis://x {\n key {l4.git.owner}\n max_entries 0\n }":   `max_entries "0" is not a positive number`,
+		"lookup redis redis://x {\n key {l4.git.owner}\n max_entries 0\n }":   `max_entries: "0" is not a positive integer`,
 		"lookup redis redis://x {\n key {l4.git.owner}\n stale soon\n }":      `stale:`,
 		"lookup http {\n key {l4.git.owner}\n }":                              `wrong argument count`,
 		"lookup redis redis://x {\n key {l4.git.owner}\n drain_moved yes\n }": `wrong argument count`,

@@ -1,8 +1,6 @@
 package farm
 
 import (
-	"strconv"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -78,15 +76,7 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	case "fail_duration":
 		return true, cfutil.Duration(d, &f.FailDuration)
 	case "max_connections":
-		var s string
-		if err := cfutil.OneArg(d, &s); err != nil {
-			return true, err
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 0 {
-			return true, d.Errf("max_connections: %q is not a non-negative integer", s)
-		}
-		f.MaxConnections = n
+		return true, cfutil.Int(d, &f.MaxConnections, 0)
 	case "drain_removed":
 		if d.NextArg() {
 			return true, d.ArgErr()
@@ -131,15 +121,7 @@ func (f *Farm) UnmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 	case "farm":
 		return true, f.unmarshalNamed(d)
 	case "max_dynamic_members":
-		var s string
-		if err := cfutil.OneArg(d, &s); err != nil {
-			return true, err
-		}
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return true, d.Errf("max_dynamic_members: %q is not a positive integer", s)
-		}
-		f.MaxDynamicMembers = n
+		return true, cfutil.Int(d, &f.MaxDynamicMembers, 1)
 	case "dynamic_idle_timeout":
 		return true, cfutil.Duration(d, &f.DynamicIdleTimeout)
 	default:

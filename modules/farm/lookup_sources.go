@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -172,16 +171,7 @@ func (o *CacheOptions) unmarshalOption(d *caddyfile.Dispenser) (bool, error) {
 		o.Stale = caddy.Duration(dur)
 		return true, nil
 	case "max_entries":
-		var n string
-		if err := cfutil.OneArg(d, &n); err != nil {
-			return true, err
-		}
-		v, err := strconv.Atoi(n)
-		if err != nil || v < 1 {
-			return true, d.Errf("max_entries %q is not a positive number", n)
-		}
-		o.MaxEntries = v
-		return true, nil
+		return true, cfutil.Int(d, &o.MaxEntries, 1)
 	}
 	return false, nil
 }

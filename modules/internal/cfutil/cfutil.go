@@ -2,6 +2,8 @@
 package cfutil
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -32,5 +34,25 @@ func Duration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 		return d.Errf("%s: %v", opt, err)
 	}
 	*dst = caddy.Duration(v)
+	return nil
+}
+
+// Int reads the option's one argument as an integer of at least min (0
+// or 1) into dst.
+func Int(d *caddyfile.Dispenser, dst *int, min int) error {
+	opt := d.Val()
+	var s string
+	if err := OneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < min {
+		kind := "a non-negative"
+		if min > 0 {
+			kind = "a positive"
+		}
+		return d.Errf("%s: %q is not %s integer", opt, s, kind)
+	}
+	*dst = v
 	return nil
 }
