@@ -21,12 +21,14 @@ import (
 // priority leaves Caddy's scheduler as it was, and the kernel runs
 // Caddy's threads, woken by the network, ahead of it.
 //
-// The child is this same executable, started with childprio.Env naming
-// the table's path. It builds the table into a memory file (descriptor 3),
-// laid out as a header page, the arena (the table's text) and, from the
-// next page boundary, the index's slots; the parent maps that file read
-// only. The key hash is seeded xxHash64 (Table.hash), so the parent can
-// look keys up in an index the child built.
+// The child is this same executable, started with childprio.BuilderEnv
+// set, kept while tables change (builder_linux.go: a process started per
+// build held a scheduler slot for its vfork, milliseconds on a busy CPU).
+// It builds each table into a memory file laid out as a header page, the
+// arena (the table's text) and, from the next page boundary, the index's
+// slots, and hands the file over; the parent maps it read only. The key
+// hash is seeded xxHash64 (Table.hash), so the parent can look keys up
+// in an index the child built.
 
 // childBuilds turns child processes on (Linux). The environment variable
 // PRELUDE_LOOKUP_BUILD=here turns them off (to compare, or where a

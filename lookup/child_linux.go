@@ -1,12 +1,9 @@
 package lookup
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"time"
@@ -18,21 +15,10 @@ import (
 )
 
 func init() {
-	if path := os.Getenv(childprio.Env); path != "" {
-		os.Exit(childMain(path))
+	if os.Getenv(childprio.BuilderEnv) != "" {
+		os.Exit(serveBuilds())
 	}
 	childBuilds.Store(os.Getenv("PRELUDE_LOOKUP_BUILD") != "here")
-}
-
-// childMain builds the table at path into descriptor 3. It runs in a
-// package init, on the main thread, before the program's main, at the
-// priority childprio set.
-func childMain(path string) int {
-	if err := buildTable(os.NewFile(3, "table"), path); err != nil {
-		fmt.Fprint(os.Stderr, err.Error())
-		return childParseFailed
-	}
-	return 0
 }
 
 // buildTable reads and indexes the table at path into out, in the layout
@@ -70,6 +56,7 @@ func buildTable(out *os.File, path string) error {
 	if err != nil {
 		return err
 	}
+	defer unmap(head)
 	arena := head[page : page+size]
 	if text != nil {
 		copy(arena, text)
@@ -84,6 +71,7 @@ func buildTable(out *os.File, path string) error {
 	if err != nil {
 		return err
 	}
+	defer unmap(slotMem)
 	t := &Table{arena: arena, idx: indexOver(slotMem), seed: newSeed()}
 	if err := t.parse(arena); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
@@ -110,51 +98,25 @@ func mapShared(f *os.File, off, n int64, prot int) ([]byte, error) {
 	return unsafe.Slice((*byte)(p), n), nil
 }
 
-// loadInChild builds the table at path in a child process and maps it.
-// A table that does not parse gives the child's error; anything else that
-// goes wrong, including a child not done within limit, gives errNoChild.
+// unmap unmaps m, mapped by mapShared.
+func unmap(m []byte) {
+	if len(m) > 0 {
+		_ = unix.MunmapPtr(unsafe.Pointer(&m[0]), uintptr(len(m)))
+	}
+}
+
+// loadInChild builds the table at path in the builder process and maps
+// it. A table that does not parse gives the builder's error; anything
+// else that goes wrong, including a build not done within limit, gives
+// errNoChild.
 func loadInChild(path string, limit time.Duration) (*Table, error) {
 	if !childBuilds.Load() {
 		return nil, errNoChild
 	}
-	fd, err := unix.MemfdCreate("prelude-lookup-table", unix.MFD_CLOEXEC)
+	mem, err := theBuilder.build(path, limit)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errNoChild, err)
+		return nil, err
 	}
-	mem := os.NewFile(uintptr(fd), "prelude-lookup-table")
-	// The running executable, even if a newer one replaced its file.
-	cmd := exec.Command("/proc/self/exe")
-	cmd.Env = append(os.Environ(), childprio.Env+"="+path, "GOMAXPROCS=1",
-		// A binary built with the race detector (tests) otherwise sleeps a
-		// second at exit; others ignore it.
-		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	cmd.ExtraFiles = []*os.File{mem}
-	pipe, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errNoChild, err)
-	}
-	stderr := &capped{max: 4 << 10}
-	if err = cmd.Start(); err == nil {
-		childprio.LowerThread(cmd.Process.Pid)
-		timer := time.AfterFunc(limit, func() { _ = cmd.Process.Kill() })
-		defer timer.Stop()
-		// Until the child exits, wait on its standard error, through Go's
-		// network poller: Wait's waitid(2) would hold this thread's
-		// scheduler slot until Go's monitor took it back, up to 10 ms
-		// later, which Caddy's connections would feel.
-		_, _ = io.Copy(stderr, pipe)
-		err = cmd.Wait()
-	}
-	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &exit) && exit.ExitCode() == childParseFailed:
-		mem.Close()
-		return nil, errors.New(stderr.String())
-	case err != nil:
-		mem.Close()
-		return nil, fmt.Errorf("%w: %v: %s", errNoChild, err, stderr.String())
-	}
-	// Killed by the timer just as it was done: its table is whole.
 	return mapChildTable(mem)
 }
 
@@ -197,17 +159,4 @@ func freeChildTable(mem *os.File, m []byte) {
 		yield()
 	}
 	mem.Close()
-}
-
-// capped keeps the first max bytes written to it.
-type capped struct {
-	bytes.Buffer
-	max int
-}
-
-func (c *capped) Write(p []byte) (int, error) {
-	if room := c.max - c.Len(); room > 0 {
-		c.Buffer.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
 }

@@ -125,3 +125,28 @@ func TestLoadTableChoosesTheBuild(t *testing.T) {
 	}
 	childLimit.Store(int64(defaultChildLimit))
 }
+
+// TestBuilderRestarts: a builder that died (killed, or gone after being
+// idle) is started again at the next build.
+func TestBuilderRestarts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.tsv")
+	writeFile(t, path, "alice\t10.0.0.1:1\n")
+	for i := range 3 {
+		tb, err := loadInChild(path, time.Minute)
+		if err != nil {
+			t.Fatalf("build %d: %v", i, err)
+		}
+		if got, ok := tb.Lookup("alice"); !ok || got[0] != "10.0.0.1:1" {
+			t.Fatalf("build %d: alice is %v %v", i, got, ok)
+		}
+		tb.mem.release()
+		theBuilder.mu.Lock()
+		cmd, exited := theBuilder.cmd, theBuilder.exited
+		theBuilder.mu.Unlock()
+		if cmd == nil {
+			t.Fatal("no builder after a build")
+		}
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}

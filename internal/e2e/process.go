@@ -195,9 +195,11 @@ func (c *Caddy) RSS() uint64 {
 }
 
 // Footprint is RSS plus the pages of the memory files Caddy maps that it
-// has not touched yet: a lookup table built by a child process lives in
-// a memory file (memfd), whose pages count in VmRSS only once read, but
-// take memory all the same. 0 in process or if unreadable.
+// has not touched yet, plus the private memory (RssAnon) of its child
+// processes: a lookup table is built by a child process (the table
+// builder) into a memory file (memfd), whose pages count in VmRSS only
+// once read, but take memory all the same. 0 in process or if
+// unreadable.
 func (c *Caddy) Footprint() uint64 {
 	rss := c.RSS()
 	if rss == 0 {
@@ -222,5 +224,27 @@ func (c *Caddy) Footprint() uint64 {
 			resident += v << 10
 		}
 	}
-	return rss + size - resident
+	return rss + size - resident + childrenAnon(c.pid)
+}
+
+// childrenAnon sums RssAnon of pid's child processes.
+func childrenAnon(pid int) uint64 {
+	var total uint64
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
+	for _, f := range tasks {
+		b, _ := os.ReadFile(f)
+		for _, child := range strings.Fields(string(b)) {
+			st, err := os.ReadFile("/proc/" + child + "/status")
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(st), "\n") {
+				if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+					kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+					total += kb << 10
+				}
+			}
+		}
+	}
+	return total
 }

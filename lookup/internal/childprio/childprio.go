@@ -10,11 +10,12 @@ package childprio
 
 import "os"
 
-// Env names, in a child's environment, the table it is to build.
-const Env = "PRELUDE_LOOKUP_BUILD_TABLE"
+// BuilderEnv, set to 1, makes a child a table builder that serves its
+// parent's requests until its parent goes.
+const BuilderEnv = "PRELUDE_LOOKUP_TABLE_BUILDER"
 
 func init() {
-	if os.Getenv(Env) != "" {
+	if os.Getenv(BuilderEnv) != "" {
 		Lower()
 	}
 }
