@@ -127,7 +127,7 @@ func TestLookupRedisMovesVhostBetweenFarms(t *testing.T) {
 	rs := e2e.StartRedis(t)
 	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, "farm:blue")
 	rs.MustDo("SET", "prelude:route:"+e2e.VhostB, "farm:blue")
-	_, addr := startProxy(t, map[string]any{"handler": "amqp", "default": map[string]any{
+	c, addr := startProxy(t, map[string]any{"handler": "amqp", "default": map[string]any{
 		"lookup": map[string]any{"source": "redis", "url": "redis://" + rs.Addr, "key": "{l4.amqp.vhost}",
 			"ttl": int64(time.Hour), "drain_moved": true},
 		"farms": map[string]any{
@@ -150,6 +150,14 @@ func TestLookupRedisMovesVhostBetweenFarms(t *testing.T) {
 	roundTrip(t, a2, 5)
 
 	rs.MustDo("SET", "prelude:route:"+e2e.VhostA, "farm:purple")
+	// The change reaches the cache by a keyspace notification: wait for it.
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, body := c.Get(t, "/prelude/lookups/amqp%20default?key="+e2e.VhostA); strings.Contains(body, `"farm":"purple"`) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the route to farm purple not in use within 1s: %s", body)
+		}
+	}
 	refusal(t, e2e.URL(addr, e2e.VhostA), 530, `no route for key "`+e2e.VhostA+`"`, 2*time.Second)
 }
 
