@@ -44,21 +44,6 @@ func (f *Farm) unwatchMove(l *Lease) {
 	delete(f.moving, l)
 }
 
-// watchMoves checks the live sessions' routes every interval until ctx
-// ends.
-func (f *Farm) watchMoves(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			f.drainMoved(ctx)
-		}
-	}
-}
-
 // drainMoved ends each live session whose key now routes elsewhere: the
 // key's answer no longer lists its member (also when the key entered the
 // table and the session came by the default), it now refuses, or it left

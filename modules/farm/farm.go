@@ -274,7 +274,7 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 			return err
 		}
 		if f.table.opts.DrainMoved {
-			go f.watchMoves(hctx, DrainCheckInterval)
+			go every(hctx, DrainCheckInterval, func() { f.drainMoved(hctx) })
 		}
 	}
 	f.startHealthChecks(hctx)

@@ -2,6 +2,7 @@ package l4git_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -136,4 +137,52 @@ func waitFarm(t *testing.T, c *e2e.Caddy, name string, ok func([]farm.MemberStat
 		}
 	}
 	t.Fatalf("farm %q never reached the state wanted: %s", name, last)
+}
+
+// TestLookupBigTableByTheBuilder: a table big enough for the builder
+// process (64 KiB and more) routes clones, and a replaced one takes over,
+// built by the builder, as the reload's log line says. On a machine other
+// work keeps busy the builder (at the lowest priority) may run out of
+// time, and Caddy builds the table itself: that is accepted here, and the
+// log says so; the builder's own tables are checked in package lookup.
+func TestLookupBigTableByTheBuilder(t *testing.T) {
+	e2e.RequireGit(t)
+	baseA, baseB := t.TempDir(), t.TempDir()
+	onA := e2e.MakeBareRepo(t, filepath.Join(baseA, "alice", "proj.git"), 3)
+	onB := e2e.MakeBareRepo(t, filepath.Join(baseB, "alice", "proj.git"), 4)
+	a, b := e2e.StartGitDaemon(t, baseA), e2e.StartGitDaemon(t, baseB)
+	table := func(alice string) string {
+		var sb strings.Builder
+		for i := 0; sb.Len() < 256<<10; i++ {
+			fmt.Fprintf(&sb, "owner-%d\t10.0.%d.%d:9418\n", i, i/256%256, i%256)
+		}
+		return sb.String() + "alice\t" + alice + "\n"
+	}
+	routes := filepath.Join(t.TempDir(), "routes.tsv")
+	writeRoutes(t, routes, table(a.Addr))
+	proxy := e2e.FreePort(t)
+	c := startRoutes(t, proxy, `
+			route {
+				git {
+					lookup file `+routes+` {
+						key {l4.git.owner}
+					}
+				}
+			}
+`)
+	url := "git://" + proxy + "/alice/proj.git"
+	if head, errOut := lsHead(t, url); head != onA {
+		t.Fatalf("alice: HEAD %q (%s), want %s from A", head, errOut, onA)
+	}
+	writeRoutes(t, routes, table(b.Addr))
+	deadline := time.Now().Add(10 * time.Second)
+	for head, _ := lsHead(t, url); head != onB; head, _ = lsHead(t, url) {
+		if time.Now().After(deadline) {
+			t.Fatalf("alice still at %q 10 s after the move, want %s", head, onB)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if logs := c.Logs(); !strings.Contains(logs, `"built":"child"`) && !strings.Contains(logs, `"built":"here, the child ran out of time"`) {
+		t.Fatalf("the reload was not built by the builder: %s", logs[max(0, len(logs)-2000):])
+	}
 }
