@@ -46,15 +46,22 @@ var childMinSize atomic.Int64
 // stopped and the table is built here, at Caddy's own priority.
 var childLimit atomic.Int64
 
-// Defaults of childMinSize and childLimit; tests change them.
+// firstLoadLimit is childLimit for a File's first load, at config load:
+// a builder starved by other work would hold the whole config load up.
+var firstLoadLimit atomic.Int64
+
+// Defaults of childMinSize, childLimit and firstLoadLimit; tests change
+// them.
 const (
-	defaultChildMinSize = 64 << 10
-	defaultChildLimit   = 5 * time.Second
+	defaultChildMinSize   = 64 << 10
+	defaultChildLimit     = 5 * time.Second
+	defaultFirstLoadLimit = 2 * time.Second
 )
 
 func init() {
 	childMinSize.Store(defaultChildMinSize)
 	childLimit.Store(int64(defaultChildLimit))
+	firstLoadLimit.Store(int64(defaultFirstLoadLimit))
 }
 
 // How a table was built (Table.BuiltBy).

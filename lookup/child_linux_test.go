@@ -111,8 +111,7 @@ func TestLoadTableChoosesTheBuild(t *testing.T) {
 		{big, time.Minute, BuiltByChild},
 		{big, time.Nanosecond, BuiltHereLate},
 	} {
-		childLimit.Store(int64(c.limit))
-		tb, err := loadTable(c.path)
+		tb, err := loadTable(c.path, c.limit)
 		if err != nil {
 			t.Fatalf("%s: %v", c.path, err)
 		}
@@ -123,7 +122,6 @@ func TestLoadTableChoosesTheBuild(t *testing.T) {
 			t.Errorf("%s: key-7 is %v %v", c.want, got, ok)
 		}
 	}
-	childLimit.Store(int64(defaultChildLimit))
 }
 
 // TestBuilderRestarts: a builder that died (killed, or gone after being

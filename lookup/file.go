@@ -42,7 +42,7 @@ type fileStamp struct {
 // OpenFile reads the table at path. It fails if the first read does.
 func OpenFile(path string) (*File, error) {
 	f := &File{path: path}
-	if err := f.reload(); err != nil {
+	if err := f.load(time.Duration(firstLoadLimit.Load())); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -120,12 +120,15 @@ func (f *File) Watch(ctx context.Context, interval time.Duration) {
 
 // reload reads the file; on success the table is replaced at once (readers
 // see the old or the new one, never a mix).
-func (f *File) reload() error {
+func (f *File) reload() error { return f.load(time.Duration(childLimit.Load())) }
+
+// load reads the file, giving a builder process limit to build it.
+func (f *File) load(limit time.Duration) error {
 	st, err := stamp(f.path)
 	if err != nil {
 		return f.fail(err)
 	}
-	t, err := loadTable(f.path)
+	t, err := loadTable(f.path, limit)
 	if err != nil {
 		return f.fail(err)
 	}
@@ -142,13 +145,12 @@ func (f *File) reload() error {
 // it can (child_linux.go), else in this one.
 //
 // A table under childMinSize is built here, and so is one whose child
-// failed or ran out of time (childLimit).
-func loadTable(path string) (*Table, error) {
+// failed or ran out of time (limit).
+func loadTable(path string, limit time.Duration) (*Table, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Size() < childMinSize.Load() {
 		return loadHere(path)
 	}
 	start := time.Now()
-	limit := time.Duration(childLimit.Load())
 	t, err := loadInChild(path, limit)
 	if !errors.Is(err, errNoChild) {
 		return t, err
