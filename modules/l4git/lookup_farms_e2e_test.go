@@ -72,13 +72,7 @@ func TestLookupNamesFarms(t *testing.T) {
 
 	// Move alice to west: one word in the table.
 	writeRoutes(t, routes, "alice\tfarm:west\nbob\tfarm:west\n")
-	deadline := time.Now().Add(time.Second)
-	for head, _ := lsHead(t, url("/alice/proj.git")); head != aliceOnW; head, _ = lsHead(t, url("/alice/proj.git")) {
-		if time.Now().After(deadline) {
-			t.Fatalf("alice still at %q a second after the move, want %s", head, aliceOnW)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitHead(t, url("/alice/proj.git"), aliceOnW, time.Second)
 }
 
 // TestLookupMembersAreHealthChecked: members a lookup's answers list are
@@ -175,13 +169,7 @@ func TestLookupBigTableByTheBuilder(t *testing.T) {
 		t.Fatalf("alice: HEAD %q (%s), want %s from A", head, errOut, onA)
 	}
 	writeRoutes(t, routes, table(b.Addr))
-	deadline := time.Now().Add(10 * time.Second)
-	for head, _ := lsHead(t, url); head != onB; head, _ = lsHead(t, url) {
-		if time.Now().After(deadline) {
-			t.Fatalf("alice still at %q 10 s after the move, want %s", head, onB)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitHead(t, url, onB, 10*time.Second)
 	if logs := c.Logs(); !strings.Contains(logs, `"built":"child"`) && !strings.Contains(logs, `"built":"here, the child ran out of time"`) {
 		t.Fatalf("the reload was not built by the builder: %s", logs[max(0, len(logs)-2000):])
 	}
