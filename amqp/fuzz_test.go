@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"bytes"
+	"errors"
 	"reflect"
 	"testing"
 )
@@ -142,5 +143,77 @@ func FuzzSessionDecoder(f *testing.F) {
 		o := NewObserver(nil)
 		d3 := &Decoder{Emit: o.Observe}
 		d3.Feed(b)
+	})
+}
+
+// FuzzCheckMethod: CheckMethod never panics and agrees with DecodeArgs on
+// which payloads of known methods are well formed.
+func FuzzCheckMethod(f *testing.F) {
+	for _, b := range sessionStreams(f) {
+		for len(b) > 0 {
+			fr, n, err := ParseFrame(b, 1<<20)
+			if err != nil {
+				break
+			}
+			if fr.Type == FrameMethod {
+				f.Add(fr.Payload)
+			}
+			b = b[n:]
+		}
+	}
+	for _, b := range otherProtocols {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		class, method, err := CheckMethod(b)
+		_, _, _, derr := DecodeArgs(b)
+		if errors.Is(err, ErrUnknownMethod) || len(b) < 4 {
+			return
+		}
+		if (err == nil) != (derr == nil) {
+			t.Fatalf("%s: CheckMethod %v, DecodeArgs %v", FullMethodName(class, method), err, derr)
+		}
+	})
+}
+
+// FuzzClientChannels: any frame sequence is checked without a panic, and
+// the pending count matches the channels left in a message.
+func FuzzClientChannels(f *testing.F) {
+	for _, b := range sessionStreams(f) {
+		f.Add(b)
+	}
+	for _, b := range otherProtocols {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c := &ClientChannels{ChannelMax: 16, MaxContent: 1 << 16}
+		for len(b) > 0 {
+			fr, n, err := ParseFrame(b, 1<<16)
+			if err != nil {
+				return
+			}
+			b = b[n:]
+			got, err := c.Check(fr)
+			if err != nil {
+				return
+			}
+			switch got.Step {
+			case StepChannelClose:
+				c.PeerCloseOk(fr.Channel)
+			case StepForward:
+				if fr.Channel%3 == 0 {
+					c.PeerClose(fr.Channel)
+				}
+			}
+			inMessage := 0
+			for _, ch := range c.Channels() {
+				if k := c.chans[ch]; k.content != noContent {
+					inMessage++
+				}
+			}
+			if inMessage != c.Pending() {
+				t.Fatalf("pending %d, channels in a message %d", c.Pending(), inMessage)
+			}
+		}
 	})
 }
