@@ -196,7 +196,7 @@ func TestClientChannelsViolations(t *testing.T) {
 		{"channel method on channel 0", []Frame{channelOpen}, ReplyChannelError, "channel.open on channel 0"},
 		{"connection method on a channel", []Frame{on(1, channelOpen), on(1, method(ClassConnection, MethodClose, 0, 200, 0, 0, 0, 0, 0))}, ReplyCommandInvalid, "connection.close on channel 1"},
 		{"close-ok nobody asked for", []Frame{on(1, channelOpen), on(1, channelCloseOk)}, ReplyCommandInvalid, "which nobody closed"},
-		{"message above the bound", []Frame{on(1, channelOpen), on(1, publish), on(1, header(1 << 30))}, ReplyContentTooLarge, "1073741824 bytes"},
+		{"message above the bound", []Frame{on(1, channelOpen), on(1, publish), on(1, header(1<<30))}, ReplyContentTooLarge, "1073741824 bytes"},
 		{"unknown frame type", []Frame{{Type: 5, Channel: 1}}, ReplyFrameError, "unknown frame type 5"},
 	}
 	for _, tt := range tests {
