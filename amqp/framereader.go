@@ -51,6 +51,47 @@ func (fr *FrameReader) ReadFrame(maxSize uint32) (Frame, error) {
 	}
 }
 
+// Next is ReadFrame without the copy: the payload aliases the reader's
+// buffer and is valid only until the next call. For data paths that
+// handle each frame before reading the next.
+func (fr *FrameReader) Next(maxSize uint32) (Frame, error) {
+	for {
+		f, n, err := ParseFrame(fr.buf[fr.start:fr.end], maxSize)
+		if err == nil {
+			fr.start += n
+			return f, nil
+		}
+		if !errors.Is(err, ErrNeedMore) {
+			return Frame{}, err
+		}
+		if err := fr.fill(fr.need(maxSize)); err != nil {
+			if errors.Is(err, io.EOF) && fr.start < fr.end {
+				err = io.ErrUnexpectedEOF
+			}
+			return Frame{}, err
+		}
+	}
+}
+
+// Ready reports whether the next frame (or a malformed one) is buffered
+// whole, so that ReadFrame or Next returns without reading.
+func (fr *FrameReader) Ready(maxSize uint32) bool {
+	_, _, err := ParseFrame(fr.buf[fr.start:fr.end], maxSize)
+	return !errors.Is(err, ErrNeedMore)
+}
+
+// Reserve grows the buffer to at least n bytes, so that one read can bring
+// many small frames; buffered bytes are kept.
+func (fr *FrameReader) Reserve(n int) {
+	if len(fr.buf) >= n {
+		return
+	}
+	grown := make([]byte, n)
+	fr.end = copy(grown, fr.buf[fr.start:fr.end])
+	fr.start = 0
+	fr.buf = grown
+}
+
 // need is how many bytes the frame at buf[start:] spans, as far as its
 // header tells (at least a header's worth, at most maxSize).
 func (fr *FrameReader) need(maxSize uint32) int {

@@ -200,3 +200,39 @@ func errorKind(err error) error {
 	}
 	return err
 }
+
+func TestFrameReaderNextAndReady(t *testing.T) {
+	var stream []byte
+	for i := range 50 {
+		stream = AppendFrame(stream, Frame{Type: FrameBody, Channel: uint16(i), Payload: []byte("0123456789")})
+	}
+	fr := NewFrameReader(bytes.NewReader(stream))
+	fr.Reserve(1 << 12)
+	if fr.Ready(1 << 12) {
+		t.Fatal("Ready before any read")
+	}
+	for i := range 50 {
+		f, err := fr.Next(1 << 12)
+		if err != nil || f.Channel != uint16(i) || string(f.Payload) != "0123456789" {
+			t.Fatalf("frame %d: %+v, %v", i, f, err)
+		}
+		if i < 49 && !fr.Ready(1<<12) {
+			t.Fatalf("frame %d: the rest was read in one go but Ready is false", i)
+		}
+	}
+	if _, err := fr.Next(1 << 12); err != io.EOF {
+		t.Fatalf("after the last frame: %v, want EOF", err)
+	}
+	// Every truncated prefix ends in ErrUnexpectedEOF or EOF, never a panic.
+	for n := range len(stream) {
+		fr := NewFrameReader(bytes.NewReader(stream[:n]))
+		for {
+			if _, err := fr.Next(1 << 12); err != nil {
+				if err != io.EOF && err != io.ErrUnexpectedEOF {
+					t.Fatalf("prefix %d: %v", n, err)
+				}
+				break
+			}
+		}
+	}
+}

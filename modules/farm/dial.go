@@ -78,17 +78,34 @@ func (e *NoMemberError) Error() string {
 // lb_try_duration, repeatedly) has failed. The context bounds the whole
 // operation. On success the caller owns the lease and must Release it.
 func (f *Farm) Dial(ctx context.Context, client net.Addr, attempt AttemptFunc) (*Lease, error) {
-	return f.dial(ctx, client, "", attempt)
+	return f.dial(ctx, client, "", dialEach(attempt))
+}
+
+// ConnectFunc dials the member the farm picked, with its PROXY header and
+// TLS.
+type ConnectFunc func(ctx context.Context) (net.Conn, error)
+
+// UseFunc takes a client to member m: over a connection it already has to
+// m (a pool), or over a new one from connect. The connection it returns,
+// if any, is the lease's. Errors mean what AttemptFunc's do.
+type UseFunc func(ctx context.Context, m *Member, connect ConnectFunc) (net.Conn, error)
+
+// DialShared is Dial for clients that may share upstream connections: the
+// farm picks members by policy and fails over as Dial does, and use decides
+// whether to connect. The lease counts the client against the member
+// (least_conn, max_connections, drain) whether or not it connected.
+func (f *Farm) DialShared(ctx context.Context, client net.Addr, use UseFunc) (*Lease, error) {
+	return f.dial(ctx, client, "", use)
 }
 
 // DialSticky is Dial with the members ordered by a hash of key instead of
 // lb_policy: the same key reaches the same member while the member set is
 // unchanged, and the members after it, in order, are its fallbacks.
 func (f *Farm) DialSticky(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
-	return f.dial(ctx, client, key, attempt)
+	return f.dial(ctx, client, key, dialEach(attempt))
 }
 
-func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt AttemptFunc) (*Lease, error) {
+func (f *Farm) dial(ctx context.Context, client net.Addr, key string, use UseFunc) (*Lease, error) {
 	if f.table != nil || len(f.templates) > 0 {
 		setClientIP(ctx, client)
 	}
@@ -97,7 +114,7 @@ func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt At
 		return nil, err
 	}
 	if cr.via != nil {
-		lease, err := cr.via.dial(ctx, client, key, attempt)
+		lease, err := cr.via.dial(ctx, client, key, use)
 		if err == nil {
 			lease.route = cr.rt
 			f.watchMove(lease)
@@ -114,7 +131,7 @@ func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt At
 				noMember.Tried = append(noMember.Tried, m.Addr+": at max_connections")
 				continue
 			}
-			lease, err := f.try(ctx, m, client, attempt)
+			lease, err := f.try(ctx, m, client, use)
 			if err == nil {
 				lease.route = cr.rt
 				f.watchMove(lease)
@@ -137,22 +154,20 @@ func (f *Farm) dial(ctx context.Context, client net.Addr, key string, attempt At
 	}
 }
 
-func (f *Farm) try(ctx context.Context, m *Member, client net.Addr, attempt AttemptFunc) (*Lease, error) {
+func (f *Farm) try(ctx context.Context, m *Member, client net.Addr, use UseFunc) (*Lease, error) {
 	// The lease holds its own reference on the shared state, so that a
 	// reload that drops this farm keeps the count while the session lives.
 	_, _ = members.LoadOrStore(poolKey(m.Addr), m.state)
 	m.state.active.Add(1)
 	lease := &Lease{Member: m}
-	conn, err := f.connect(ctx, m, client)
-	if err != nil && ctx.Err() == nil {
-		f.Emit(EventConnectError, map[string]any{"upstream": m.Addr, "error": trimOpError(err).Error()})
-	}
-	if err == nil {
-		lease.Conn = conn
-		if err = attempt(ctx, m, conn); err != nil {
-			_ = conn.Close()
+	connect := func(ctx context.Context) (net.Conn, error) {
+		conn, err := f.connect(ctx, m, client)
+		if err != nil && ctx.Err() == nil {
+			f.Emit(EventConnectError, map[string]any{"upstream": m.Addr, "error": trimOpError(err).Error()})
 		}
+		return conn, err
 	}
+	conn, err := use(ctx, m, connect)
 	if err != nil {
 		lease.Release()
 		if !IsFinal(err) && ctx.Err() == nil {
@@ -160,7 +175,23 @@ func (f *Farm) try(ctx context.Context, m *Member, client net.Addr, attempt Atte
 		}
 		return nil, trimOpError(err)
 	}
+	lease.Conn = conn
 	return lease, nil
+}
+
+// dialEach is the UseFunc of Dial: a new connection per lease, kept in it.
+func dialEach(attempt AttemptFunc) UseFunc {
+	return func(ctx context.Context, m *Member, connect ConnectFunc) (net.Conn, error) {
+		conn, err := connect(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := attempt(ctx, m, conn); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
 }
 
 // connect dials the member, sends the PROXY header if configured, and

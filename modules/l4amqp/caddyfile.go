@@ -31,6 +31,14 @@ import (
 //				connection_rate <n>/<interval>
 //				data_rate <size>/s
 //			}
+//			pool {
+//				max_channels_per_connection <n>
+//				idle_timeout <duration>
+//				min_idle <n>
+//				max_connections <n>
+//				max_message_size <size>
+//				max_client_backlog <size>
+//			}
 //		}
 //		default {
 //			<the same farm options, without limits>
@@ -71,7 +79,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("vhost: at least one vhost name or pattern is required")
 			}
 			r := &Route{VHosts: patterns}
-			if err := unmarshalFarm(d, &r.Farm, &r.Limits); err != nil {
+			if err := unmarshalFarm(d, &r.Farm, &r.Limits, &r.Pool); err != nil {
 				return err
 			}
 			h.Routes = append(h.Routes, r)
@@ -83,7 +91,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("default: given twice")
 			}
 			h.Default = new(farm.Farm)
-			if err := unmarshalFarm(d, h.Default, nil); err != nil {
+			if err := unmarshalFarm(d, h.Default, nil, nil); err != nil {
 				return err
 			}
 		case "limits":
@@ -151,9 +159,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func unmarshalFarm(d *caddyfile.Dispenser, f *farm.Farm, limits **Limits) error {
+func unmarshalFarm(d *caddyfile.Dispenser, f *farm.Farm, limits **Limits, pool **PoolOptions) error {
 	owner := d.Val()
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() == "pool" && pool != nil {
+			p, err := unmarshalPool(d)
+			if err != nil {
+				return err
+			}
+			*pool = p
+			continue
+		}
 		if d.Val() == "limits" && limits != nil {
 			l, err := unmarshalLimits(d)
 			if err != nil {
@@ -243,4 +259,48 @@ func unmarshalCapture(d *caddyfile.Dispenser) (Capture, error) {
 		return c, d.Err("capture: a 'file' is required")
 	}
 	return c, nil
+}
+
+// unmarshalPool reads a vhost block's pool { } (an empty block turns
+// pooling on with its defaults).
+func unmarshalPool(d *caddyfile.Dispenser) (*PoolOptions, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	p := &PoolOptions{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch opt := d.Val(); opt {
+		case "max_channels_per_connection":
+			err = cfutil.Int(d, &p.MaxChannelsPerConnection, 1)
+		case "min_idle":
+			err = cfutil.Int(d, &p.MinIdle, 0)
+		case "max_connections":
+			err = cfutil.Int(d, &p.MaxConnections, 1)
+		case "idle_timeout":
+			err = cfutil.Duration(d, &p.IdleTimeout)
+		case "max_message_size", "max_client_backlog":
+			var s string
+			if err = cfutil.OneArg(d, &s); err == nil {
+				n, perr := humanize.ParseBytes(s)
+				if perr != nil || n == 0 || n > math.MaxInt64 {
+					err = d.Errf("pool: %s: %q is not a size", opt, s)
+				}
+				if opt == "max_message_size" {
+					p.MaxMessageSize = int64(n)
+				} else {
+					p.MaxClientBacklog = int64(n)
+				}
+			}
+		default:
+			return nil, d.Errf("pool: unknown option %q", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	return p, nil
 }

@@ -28,8 +28,12 @@ type Session struct {
 	BytesIn  uint64 `json:"bytes_in"`
 	BytesOut uint64 `json:"bytes_out"`
 	// How the session is relayed: "loop" (an event loop) or "goroutines"
-	// (TLS, data_rate, relay goroutines, or still in its handshake).
+	// (TLS, data_rate, relay goroutines, or still in its handshake), or
+	// "pool" (its channels ride a pooled broker connection).
 	Relay string `json:"relay"`
+	// The pooled broker connection the session rides, as the broker names
+	// it (connection_name), for a pooled session.
+	Pool string `json:"pool,omitempty"`
 }
 
 // Ways a session can be severed by an operator.
@@ -42,7 +46,8 @@ const (
 type liveSession struct {
 	info     Session
 	client   net.Conn
-	upstream net.Conn
+	upstream net.Conn                     // nil for a pooled session
+	pooled   *poolClient                  // the pooled session, or nil
 	watch    *watch                       // nil when nothing looks inside the session
 	polled   atomic.Pointer[relay.Polled] // set while an event loop relays it
 	sever    atomic.Int32                 // 0, severNow or severGraceful: set once
@@ -69,6 +74,10 @@ func (l *liveSession) stop(how int32, text string) {
 		l.why.CompareAndSwap(nil, text)
 	}
 	if !l.sever.CompareAndSwap(0, how) {
+		return
+	}
+	if l.pooled != nil {
+		l.pooled.sever(how, l.reason())
 		return
 	}
 	if p := l.polled.Load(); p != nil {
@@ -143,7 +152,10 @@ func Sessions(vhost string) []Session {
 	for i := range out {
 		out[i].BytesIn, out[i].BytesOut = live[i].bytes()
 		out[i].Relay = relayGoroutines
-		if live[i].polled.Load() != nil {
+		switch {
+		case live[i].pooled != nil:
+			out[i].Relay = "pool"
+		case live[i].polled.Load() != nil:
 			out[i].Relay = relayLoop
 		}
 	}
@@ -312,6 +324,9 @@ func severUpstream(addr string) {
 // whose lookup key now routes elsewhere (drain_moved), and reports
 // whether it was found.
 func severMoved(upstream net.Conn, key string) bool {
+	if upstream == nil {
+		return false // a pooled session's lease has no connection of its own
+	}
 	found := sessionsWhere(func(l *liveSession) bool { return l.upstream == upstream })
 	for _, l := range found {
 		l.stop(severGraceful, "CONNECTION_FORCED - the route for "+key+" moved; reconnect to reach its new place")

@@ -90,6 +90,10 @@ type Route struct {
 	farm.Farm
 	// Limits for this block (fields not set fall back to the handler's).
 	Limits *Limits `json:"limits,omitempty"`
+	// Pool the block's broker connections: clients share them, each
+	// client's channels mapped onto channels of one connection. Off
+	// without it.
+	Pool *PoolOptions `json:"pool,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -160,6 +164,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := r.Limits.provision(); err != nil {
 			return fmt.Errorf("routes[%d].limits: %v", i, err)
 		}
+		if err := r.Pool.provision(); err != nil {
+			return fmt.Errorf("routes[%d].pool: %v", i, err)
+		}
 	}
 	if h.PauseTimeout == 0 {
 		h.PauseTimeout = caddy.Duration(DefaultPauseTimeout)
@@ -186,6 +193,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.limits = sharedLimits
 	h.metrics = initMetrics(ctx.GetMetricsRegistry())
+	initPoolMetrics(ctx.GetMetricsRegistry())
+	startReaper.Do(func() { go reapPools(nil) })
 	registerHandler(h)
 	registerShutdown.Do(func() { caddy.OnExit(closeOnShutdown) })
 	go h.drainRemovedMembers()
@@ -249,6 +258,19 @@ func (h *Handler) route(vhost string) (*farm.Farm, string, Limits) {
 		return h.Default, "default", effective(nil, h.Limits)
 	}
 	return nil, "unrouted", Limits{}
+}
+
+// poolOf returns the pool options of the vhost block labelled label, or
+// nil when it does not pool.
+func (h *Handler) poolOf(label string) *PoolOptions {
+	for _, r := range h.Routes {
+		for _, p := range r.VHosts {
+			if p == label {
+				return r.Pool
+			}
+		}
+	}
+	return nil
 }
 
 // Handle runs one client session: handshake, routing, replay, relay. The

@@ -308,22 +308,12 @@ func (s *session) routeAndRelay() string {
 	}
 	defer release()
 	s.setClientPlaceholders() // a lookup's key may use them
+	if opts := s.h.poolOf(label); opts != nil {
+		return s.runPooled(f, label, *opts)
+	}
 	lease, openOk, after, err := s.dialBroker(f)
-	var nm *farm.NoMemberError
-	var nr *farm.NoRouteError
-	var rf *farm.RefusedError
-	switch {
-	case errors.As(err, &rf):
-		return s.fail(closeWith(outcomeRefused, amqp.ReplyAccessRefused,
-			"ACCESS_REFUSED - vhost %s: %s", vhost, rf.Reason))
-	case errors.As(err, &nr):
-		return s.fail(closeWith(outcomeUnrouted, amqp.ReplyNotAllowed,
-			"NOT_ALLOWED - no route for vhost %s: %s", vhost, nr.Error()))
-	case errors.As(err, &nm):
-		return s.fail(closeWith(outcomeUnreachable, amqp.ReplyConnectionForced,
-			"CONNECTION_FORCED - no broker reachable for vhost %s: %s", vhost, nm.Error()))
-	case err != nil:
-		return s.fail(err)
+	if err != nil {
+		return s.fail(s.dialError(vhost, err))
 	}
 	defer lease.Release()
 	defer lease.Conn.Close()

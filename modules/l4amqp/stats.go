@@ -65,6 +65,7 @@ const (
 	closeClientDropped = "client_dropped"
 	closeBrokerDropped = "broker_dropped"
 	closeSevered       = "severed"
+	closeRefused       = "refused" // a pooled client refused for a frame that would break its shared connection
 )
 
 // maxSources bounds the per-source table; later sources count under "other".

@@ -22,6 +22,7 @@ import (
 //	POST   /prelude/amqp/vhosts/{vhost}/resume
 //	GET    /prelude/amqp/vhosts (paused vhosts)
 //	GET    /prelude/amqp/stats
+//	GET    /prelude/amqp/pools                 pooled broker connections, their channels and clients
 //	GET    /prelude/amqp/sessions/{id}        one session with its channels
 //	POST   /prelude/amqp/captures              start a capture (JSON body) -> 201 {"id"}
 //	GET    /prelude/amqp/captures              list captures with their counters
@@ -53,6 +54,11 @@ func (Admin) amqpAPI(w http.ResponseWriter, r *http.Request) error {
 			return apiErr(http.StatusNotFound, "no live session %q", parts[1])
 		}
 		return writeJSON(w, http.StatusOK, d)
+	case len(parts) == 1 && parts[0] == "pools":
+		if err := method(r, http.MethodGet); err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, l4amqp.Pools())
 	case len(parts) == 1 && parts[0] == "captures":
 		return captures(w, r)
 	case len(parts) == 2 && parts[0] == "captures":
