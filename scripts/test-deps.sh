@@ -2,7 +2,7 @@
 # Installs and starts what the tests need on a Debian/Ubuntu machine, doing
 # nothing that is already done: RabbitMQ (running on 127.0.0.1:5672), Redis
 # (running on 127.0.0.1:6379, for lookup sources), git, python3-zmq,
-# libzmq3-dev, tshark and python3-pika. Needs root, or sudo without a password.
+# libzmq3-dev, tshark, python3-pika and python3-amqp. Needs root, or sudo without a password.
 set -euo pipefail
 
 SUDO=()
@@ -14,8 +14,9 @@ missing=()
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-# tshark checks that AMQP captures decode; python3-pika is a second real AMQP client.
-for pkg in python3-zmq libzmq3-dev tshark python3-pika; do
+# tshark checks that AMQP captures decode; python3-pika and python3-amqp
+# (py-amqp, AMQPLAIN) are real AMQP clients besides amqp091-go.
+for pkg in python3-zmq libzmq3-dev tshark python3-pika python3-amqp; do
 	dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -47,4 +48,4 @@ if ! redis_up; then
 	done
 	redis_up || { echo "test-deps: Redis did not open 127.0.0.1:6379 within 10s" >&2; exit 1; }
 fi
-echo "test-deps: RabbitMQ, Redis, git, python3-zmq, libzmq3-dev, tshark and python3-pika are ready"
+echo "test-deps: RabbitMQ, Redis, git, python3-zmq, libzmq3-dev, tshark, python3-pika and python3-amqp are ready"
