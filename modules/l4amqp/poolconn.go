@@ -52,7 +52,8 @@ type upConn struct {
 	mu         sync.Mutex
 	state      int // connOpening, connOpen, connClosing, connDead
 	used       int // channels in use, plus one per client without any
-	maxUsed    int // capacity while opening: the pool's option or the default channel_max
+	maxUsed    int // capacity: max_channels_per_connection within the broker's channel_max
+	maxOpt     int // max_channels_per_connection when the connection was opened (0: none)
 	clients    map[*poolClient]struct{}
 	owners     []atomic.Pointer[ownerBox] // by broker channel id
 	next       uint16
@@ -82,12 +83,14 @@ const (
 	connDead
 )
 
+// newUpConn is a connection of p about to be opened; p.mu is held.
 func newUpConn(p *pool, index int, digest [32]byte, member string) *upConn {
-	max := p.opts.MaxChannelsPerConnection
+	opt := p.opts.MaxChannelsPerConnection
+	max := opt
 	if max == 0 {
 		max = DefaultChannelMax
 	}
-	return &upConn{pool: p, index: index, digest: digest, member: member, maxUsed: max,
+	return &upConn{pool: p, index: index, digest: digest, member: member, maxUsed: max, maxOpt: opt,
 		ready: make(chan struct{}), clients: map[*poolClient]struct{}{},
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 }
@@ -229,7 +232,7 @@ func (c *upConn) handshake(ctx context.Context, s *session, conn net.Conn) error
 	c.heartbeat = time.Duration(ours.Heartbeat) * time.Second
 	c.mu.Lock()
 	c.maxUsed = int(c.channelMax)
-	if m := c.pool.opts.MaxChannelsPerConnection; m > 0 && m < c.maxUsed {
+	if m := c.maxOpt; m > 0 && m < c.maxUsed {
 		c.maxUsed = m
 	}
 	c.mu.Unlock()
