@@ -405,3 +405,41 @@ func TestPoolPythonClients(t *testing.T) {
 		t.Fatalf("pools: %+v", ps)
 	}
 }
+
+// TestPoolExclusiveQueuesStayExclusive: another client of the same pooled
+// broker connection cannot reach a queue a client declared exclusive: it
+// gets the broker's answer to another connection, 405 RESOURCE_LOCKED, on
+// that channel alone.
+func TestPoolExclusiveQueuesStayExclusive(t *testing.T) {
+	broker := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	_, addr := startProxy(t, handler(pooled(broker, e2e.VhostB, map[string]any{})))
+	owner := dial(t, e2e.URL(addr, e2e.VhostB))
+	och := channel(t, owner)
+	gen, err := och.QueueDeclare("", false, false, true, false, nil)
+	mustOK(t, err)
+	named := fmt.Sprintf("prelude-locked-%d", time.Now().UnixNano())
+	_, err = och.QueueDeclare(named, false, false, true, false, nil)
+	mustOK(t, err)
+	other := dial(t, e2e.URL(addr, e2e.VhostB))
+	for _, try := range []func(ch *amqp091.Channel) error{
+		func(ch *amqp091.Channel) error { _, err := ch.Consume(gen.Name, "", true, false, false, false, nil); return err },
+		func(ch *amqp091.Channel) error { _, err := ch.QueueDeclarePassive(named, false, false, true, false, nil); return err },
+		func(ch *amqp091.Channel) error { _, _, err := ch.Get(named, true); return err },
+		func(ch *amqp091.Channel) error { _, err := ch.QueuePurge(gen.Name, false); return err },
+		func(ch *amqp091.Channel) error { _, err := ch.QueueDelete(named, false, false, false); return err },
+	} {
+		err := try(channel(t, other))
+		var ae *amqp091.Error
+		if !errors.As(err, &ae) || ae.Code != 405 || !strings.Contains(ae.Reason, "RESOURCE_LOCKED") {
+			t.Fatalf("another client's access to an exclusive queue: %v, want 405 RESOURCE_LOCKED", err)
+		}
+	}
+	roundTrip(t, other, 3)
+	mustOK(t, och.Publish("", named, false, false, amqp091.Publishing{Body: []byte("mine")}))
+	if _, ok, err := och.Get(named, true); err != nil || !ok {
+		t.Fatalf("the owner's get: %v %v", ok, err)
+	}
+	if broker.Conns.Load() != 1 {
+		t.Fatalf("%d broker connections, want 1", broker.Conns.Load())
+	}
+}

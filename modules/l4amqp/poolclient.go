@@ -52,7 +52,8 @@ type pooledChannel struct {
 	// Broker side of the close handshake.
 	closeSent    bool // a channel.close went to the broker
 	brokerClosed bool // the broker sent channel.close; no close-ok yet
-	abandoned    bool // the client left: the channel is closing for good
+	abandoned    bool // the client left, or the proxy closed it: closing for good
+	shrink       bool // once free, its capacity goes back (see upConn.freeChannel)
 }
 
 func newPoolClient(s *session, c *upConn, opts PoolOptions) *poolClient {
@@ -264,8 +265,10 @@ func (pc *poolClient) channelCloseOk(f amqp.Frame) {
 // halfway leaves nothing on the shared connection.
 func (pc *poolClient) forward(f amqp.Frame, ck amqp.Checked) {
 	ch := pc.chans[f.Channel]
-	if f.Type == amqp.FrameMethod && ck.Class == amqp.ClassQueue && ck.Method == amqp.MethodQueueDeclare {
-		pc.noteDeclare(ch, f.Payload)
+	if f.Type == amqp.FrameMethod && namesQueue(ck.Class, ck.Method) {
+		if pc.lockedOut(ch, f.Payload, ck) {
+			return
+		}
 	}
 	frame := amqp.Frame{Type: f.Type, Channel: ch.up, Payload: f.Payload}
 	if f.Type == amqp.FrameMethod && !amqp.HasContent(ck.Class, ck.Method) {
@@ -283,6 +286,55 @@ func (pc *poolClient) forward(f amqp.Frame, ck amqp.Checked) {
 	}
 }
 
+// namesQueue reports whether a client method names a queue as its second
+// argument, after a reserved short (spec 1.7.2, 1.8.3).
+func namesQueue(class, method uint16) bool {
+	switch class {
+	case amqp.ClassQueue:
+		return method == amqp.MethodQueueDeclare || method == 20 || method == 30 || method == methodQueueDelete || method == 50
+	case amqp.ClassBasic:
+		return method == amqp.MethodBasicConsume || method == 70
+	}
+	return false
+}
+
+// lockedOut refuses, as the broker would refuse another connection (405
+// RESOURCE_LOCKED, a channel exception), a method naming a queue another
+// client of the shared connection declared exclusive; it notes the
+// client's own exclusive declares and deletes.
+func (pc *poolClient) lockedOut(ch *pooledChannel, payload []byte, ck amqp.Checked) bool {
+	name, _ := shortstrAt(payload, 6)
+	if owner := pc.c.exclusiveOwner(string(name)); owner != nil && owner != pc {
+		pc.closeChannelLocked(ch, 405, "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '"+string(name)+
+			"' in vhost '"+pc.s.open.VirtualHost+"'. It was declared exclusive by another client of the proxy's pooled connection", ck)
+		return true
+	}
+	switch {
+	case ck.Class == amqp.ClassQueue && ck.Method == amqp.MethodQueueDeclare:
+		pc.noteDeclare(ch, payload)
+	case ck.Class == amqp.ClassQueue && ck.Method == methodQueueDelete && len(name) > 0:
+		if _, ok := pc.exclusive[string(name)]; ok {
+			delete(pc.exclusive, string(name))
+			pc.c.releaseQueue(string(name), pc)
+		}
+	}
+	return false
+}
+
+// closeChannelLocked closes one of the client's channels for the proxy:
+// the client gets channel.close with code and text, and the broker channel
+// it was mapped to is closed and reused after the broker's close-ok.
+func (pc *poolClient) closeChannelLocked(ch *pooledChannel, code uint16, text string, ck amqp.Checked) {
+	pc.c.pool.refuse("resource_locked")
+	delete(pc.chans, ch.id)
+	pc.check.PeerClose(ch.id)
+	ch.abandoned, ch.closeSent, ch.shrink = true, true, len(pc.chans) > 0
+	pc.batch = append(pc.batch, channelCloseFrame(ch.up, amqp.ReplySuccess, "closed by the proxy")...)
+	pc.send(methodFrame(ch.id, amqp.ClassChannel, amqp.MethodChannelClose, amqp.Table{
+		{Name: "reply-code", Value: code}, {Name: "reply-text", Value: text},
+		{Name: "class-id", Value: ck.Class}, {Name: "method-id", Value: ck.Method}}))
+}
+
 // noteDeclare remembers an exclusive queue.declare: its queue is deleted
 // when the client leaves, as the broker would delete it with the client's
 // own connection (spec 1.7.2.1, "exclusive").
@@ -298,8 +350,14 @@ func (pc *poolClient) noteDeclare(ch *pooledChannel, payload []byte) {
 	case !noWait:
 		ch.declares = append(ch.declares, exclusive)
 	case exclusive && name != "":
-		pc.exclusive[name] = struct{}{}
+		pc.claim(name)
 	}
+}
+
+// claim records a queue the client declared exclusive.
+func (pc *poolClient) claim(name string) {
+	pc.exclusive[name] = struct{}{}
+	pc.c.claimQueue(name, pc)
 }
 
 // flush writes the batch to the broker.
@@ -346,7 +404,7 @@ func (ch *pooledChannel) fromBroker(f amqp.Frame) {
 		exclusive := ch.declares[0]
 		ch.declares = ch.declares[1:]
 		if name, ok := shortstrAt(f.Payload, 4); ok && exclusive {
-			pc.exclusive[string(name)] = struct{}{}
+			pc.claim(string(name))
 		}
 	}
 	pc.deliver(ch.id, f)
@@ -359,11 +417,11 @@ func (ch *pooledChannel) abandonedFrame(class, method uint16) {
 	c := ch.pc.c
 	switch {
 	case class == amqp.ClassChannel && method == amqp.MethodChannelCloseOk:
-		c.freeChannel(ch.up, true)
+		c.freeChannel(ch.up, ch.shrink)
 	case class == amqp.ClassChannel && method == amqp.MethodChannelClose:
 		b := channelCloseOkFrame(ch.up)
 		if !ch.closeSent {
-			c.control(b, func() { c.freeChannel(ch.up, true) })
+			c.control(b, func() { c.freeChannel(ch.up, ch.shrink) })
 			return
 		}
 		c.control(b, nil)
@@ -585,7 +643,7 @@ func (pc *poolClient) leave() {
 	_ = pc.flushLocked()
 	c := pc.c
 	for _, ch := range pc.chans {
-		ch.abandoned = true
+		ch.abandoned, ch.shrink = true, true
 		ch.partial = nil
 		switch {
 		case ch.brokerClosed:
@@ -600,7 +658,7 @@ func (pc *poolClient) leave() {
 		}
 	}
 	for q := range pc.exclusive {
-		deleteQueue(c, q)
+		deleteQueue(c, q, pc)
 	}
 	c.detach(pc, len(pc.chans) > 0)
 }

@@ -62,6 +62,7 @@ type upConn struct {
 	idleSince  time.Time
 	ctrl       []ctrlWrite
 	secretWait []*poolClient
+	exclusive  map[string]*poolClient // queues clients declared exclusive, by name
 
 	kick chan struct{}
 	done chan struct{} // closed when the connection is dead
@@ -315,6 +316,32 @@ func (c *upConn) idleFor(now time.Time) time.Duration {
 		return 0
 	}
 	return now.Sub(c.idleSince)
+}
+
+// claimQueue records that pc declared queue name exclusive.
+func (c *upConn) claimQueue(name string, pc *poolClient) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.exclusive == nil {
+		c.exclusive = map[string]*poolClient{}
+	}
+	c.exclusive[name] = pc
+}
+
+// exclusiveOwner is the client that declared queue name exclusive, or nil.
+func (c *upConn) exclusiveOwner(name string) *poolClient {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.exclusive[name]
+}
+
+// releaseQueue forgets pc's claim on name.
+func (c *upConn) releaseQueue(name string, pc *poolClient) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.exclusive[name] == pc {
+		delete(c.exclusive, name)
+	}
 }
 
 // errNoChannel: the connection has no channel to spare for a client.

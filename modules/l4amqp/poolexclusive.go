@@ -35,6 +35,7 @@ type queueDeleter struct {
 	c     *upConn
 	up    uint16
 	queue string
+	owner *poolClient // whose claim on the queue ends with it
 }
 
 // Queue deletion uses methods by number: queue.delete is 50.40, its ok 50.41.
@@ -43,8 +44,8 @@ const (
 	methodQueueDeleteOk = 41
 )
 
-func deleteQueue(c *upConn, queue string) {
-	d := &queueDeleter{c: c, queue: queue}
+func deleteQueue(c *upConn, queue string, owner *poolClient) {
+	d := &queueDeleter{c: c, queue: queue, owner: owner}
 	up, err := c.allocChannel(d, false)
 	if err != nil {
 		return // the connection is gone, and the queue with it
@@ -66,8 +67,10 @@ func (d *queueDeleter) fromBroker(f amqp.Frame) {
 			{Name: "if-unused", Value: false}, {Name: "if-empty", Value: false}, {Name: "no-wait", Value: false}}), nil)
 	case class == amqp.ClassQueue && method == methodQueueDeleteOk:
 		poolExclusiveDeleted.Add(1)
+		c.releaseQueue(d.queue, d.owner)
 		c.control(channelCloseFrame(d.up, amqp.ReplySuccess, "exclusive queue of a client that left deleted"), nil)
 	case class == amqp.ClassChannel && method == amqp.MethodChannelClose:
+		c.releaseQueue(d.queue, d.owner) // gone already (404), or not ours to delete
 		c.control(channelCloseOkFrame(d.up), func() { c.freeChannel(d.up, true) })
 	case class == amqp.ClassChannel && method == amqp.MethodChannelCloseOk:
 		c.freeChannel(d.up, true)
