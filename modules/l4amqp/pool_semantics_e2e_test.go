@@ -422,8 +422,14 @@ func TestPoolExclusiveQueuesStayExclusive(t *testing.T) {
 	mustOK(t, err)
 	other := dial(t, e2e.URL(addr, e2e.VhostB))
 	for _, try := range []func(ch *amqp091.Channel) error{
-		func(ch *amqp091.Channel) error { _, err := ch.Consume(gen.Name, "", true, false, false, false, nil); return err },
-		func(ch *amqp091.Channel) error { _, err := ch.QueueDeclarePassive(named, false, false, true, false, nil); return err },
+		func(ch *amqp091.Channel) error {
+			_, err := ch.Consume(gen.Name, "", true, false, false, false, nil)
+			return err
+		},
+		func(ch *amqp091.Channel) error {
+			_, err := ch.QueueDeclarePassive(named, false, false, true, false, nil)
+			return err
+		},
 		func(ch *amqp091.Channel) error { _, _, err := ch.Get(named, true); return err },
 		func(ch *amqp091.Channel) error { _, err := ch.QueuePurge(gen.Name, false); return err },
 		func(ch *amqp091.Channel) error { _, err := ch.QueueDelete(named, false, false, false); return err },
