@@ -17,14 +17,16 @@ type rawAMQP struct {
 }
 
 // dialRaw connects through the proxy to vhost with the test user, up to
-// and including Open-Ok.
-func dialRaw(t *testing.T, addr, vhost string) *rawAMQP {
+// and including Open-Ok; its Start-Ok carries props, if given.
+func dialRaw(t *testing.T, addr, vhost string, props ...amqp.Field) *rawAMQP {
 	t.Helper()
 	c := rawClient(t, addr)
 	w := &rawAMQP{t: t, conn: c, fr: amqp.NewFrameReader(c)}
 	w.write(amqp.Header091)
 	w.expectMethod(0, amqp.ClassConnection, amqp.MethodStart)
-	send(t, c, plainStartOk())
+	so := plainStartOk()
+	so.ClientProperties = append(so.ClientProperties, props...)
+	send(t, c, so)
 	w.expectMethod(0, amqp.ClassConnection, amqp.MethodTune)
 	send(t, c, &amqp.TuneOk{ChannelMax: 2047, FrameMax: 131072, Heartbeat: 0})
 	send(t, c, &amqp.Open{VirtualHost: vhost})

@@ -449,3 +449,64 @@ func TestPoolExclusiveQueuesStayExclusive(t *testing.T) {
 		t.Fatalf("%d broker connections, want 1", broker.Conns.Load())
 	}
 }
+
+// TestPoolBrokerCloseReachesEveryClient: the broker closing a pooled
+// connection (here an operator's rabbitmqctl close_connection) reaches
+// every client on it with the broker's own code and text.
+func TestPoolBrokerCloseReachesEveryClient(t *testing.T) {
+	broker := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	c, addr := startProxy(t, handler(pooled(broker, e2e.VhostB, map[string]any{})))
+	var closed []chan *amqp091.Error
+	for range 5 {
+		conn := dial(t, e2e.URL(addr, e2e.VhostB))
+		channel(t, conn)
+		closed = append(closed, conn.NotifyClose(make(chan *amqp091.Error, 1)))
+	}
+	ps := pools(t, c, broker.Addr)
+	if len(ps) != 1 || len(ps[0].Connections) != 1 {
+		t.Fatalf("pools: %+v", ps)
+	}
+	name := ps[0].Connections[0].Name
+	out, err := e2e.Rabbitmqctl("list_connections", "pid", "client_properties")
+	if err != nil {
+		t.Fatalf("rabbitmqctl list_connections: %v\n%s", err, out)
+	}
+	pid := ""
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, name) {
+			pid = strings.Fields(line)[0]
+		}
+	}
+	if pid == "" {
+		t.Fatalf("the broker lists no connection named %q:\n%s", name, out)
+	}
+	if out, err := e2e.Rabbitmqctl("close_connection", pid, "prelude pool test"); err != nil {
+		t.Fatalf("rabbitmqctl close_connection: %v\n%s", err, out)
+	}
+	for i, ch := range closed {
+		select {
+		case err := <-ch:
+			if err == nil || err.Code != 320 || !strings.Contains(err.Reason, "prelude pool test") {
+				t.Fatalf("client %d: %v, want the broker's Close 320 with its text", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("client %d: no Close", i)
+		}
+	}
+	roundTrip(t, dial(t, e2e.URL(addr, e2e.VhostB)), 2) // a new connection for the next client
+}
+
+// TestPoolUpdateSecret: a client's connection.update-secret goes to the
+// broker on the shared connection and the broker's answer comes back to
+// that client.
+func TestPoolUpdateSecret(t *testing.T) {
+	broker := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	_, addr := startProxy(t, handler(pooled(broker, e2e.VhostB, map[string]any{})))
+	conn := dial(t, e2e.URL(addr, e2e.VhostB))
+	other := dial(t, e2e.URL(addr, e2e.VhostB))
+	if err := conn.UpdateSecret(e2e.TestPassword, "rotation"); err != nil {
+		t.Fatalf("update-secret: %v", err)
+	}
+	roundTrip(t, conn, 2)
+	roundTrip(t, other, 2)
+}

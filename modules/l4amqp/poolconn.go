@@ -193,7 +193,7 @@ func (c *upConn) handshake(ctx context.Context, s *session, conn net.Conn) error
 	if _, err := readBrokerMethod(rw, fr, amqp.MethodStart); err != nil {
 		return err
 	}
-	c.name = fmt.Sprintf("%s pool %s #%d", productName, c.pool.key.vhost, c.index)
+	c.name = fmt.Sprintf("%s pool %s #%d from %s", productName, c.pool.key.vhost, c.index, conn.LocalAddr())
 	so := *s.startOk
 	so.ClientProperties = poolClientProperties(c.name, s.cx.LocalAddr())
 	out, err := amqp.AppendMethodFrame(nil, 0, &so)
