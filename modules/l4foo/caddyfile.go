@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddyprelude/prelude/modules/internal/cfutil"
 )
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -16,6 +18,10 @@ import (
 //		max_line <bytes>
 //		recovery <path>
 //		idle_timeout <duration>|off
+//		pool {
+//			max_connections <n>
+//			max_outstanding <n>
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // handler name
@@ -31,6 +37,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		}
 		opt := d.Val()
+		if opt == "pool" {
+			p, err := unmarshalPool(d)
+			if err != nil {
+				return err
+			}
+			h.Pool = p
+			continue
+		}
 		if !d.NextArg() {
 			return d.ArgErr()
 		}
@@ -63,6 +77,32 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// unmarshalPool reads pool { } (an empty block pools with the defaults).
+func unmarshalPool(d *caddyfile.Dispenser) (*PoolOptions, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	p := &PoolOptions{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var dst *int
+		switch d.Val() {
+		case "max_connections":
+			dst = &p.MaxConnections
+		case "max_outstanding":
+			dst = &p.MaxOutstanding
+		default:
+			return nil, d.Errf("pool: unknown option %q", d.Val())
+		}
+		if err := cfutil.Int(d, dst, 1); err != nil {
+			return nil, err
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	return p, nil
 }
 
 var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -50,6 +50,9 @@ type Handler struct {
 	// unanswered then get a NAK from the proxy, and both sides are closed.
 	// Default 5m; a negative value disables it.
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+	// Multiplex clients over a bounded set of server connections per
+	// member. Off without it.
+	Pool *PoolOptions `json:"pool,omitempty"`
 
 	set    *Set
 	logger *zap.Logger
@@ -81,6 +84,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Recovery == "" {
 		h.Recovery = DefaultRecoveryPath(h.StatsName)
 	}
+	if err := h.Pool.provision(); err != nil {
+		return err
+	}
 	h.Farm.Name = "foo " + h.StatsName
 	if err := h.Farm.Provision(ctx); err != nil {
 		return err
@@ -111,21 +117,17 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	if repl, ok := cx.Context.Value(layer4.ReplacerCtxKey).(*caddy.Replacer); ok {
 		ctx = farm.WithReplacer(ctx, repl) // a lookup's key, placeholders in to
 	}
-	lease, err := h.Dial(ctx, cx.RemoteAddr(), func(context.Context, *farm.Member, net.Conn) error { return nil })
-	cancel()
-	var noRoute *farm.NoRouteError
-	var refused *farm.RefusedError
-	switch {
-	case errors.As(err, &noRoute):
-		h.nakFirstRequest(cx, "proxy: "+noRoute.Error())
-		return nil
-	case errors.As(err, &refused):
-		h.nakFirstRequest(cx, "proxy: refused: "+refused.Reason)
+	if h.Pool != nil {
+		defer cancel()
+		if err := h.handlePooled(cx, ctx); err != nil {
+			h.refuse(cx, err)
+		}
 		return nil
 	}
+	lease, err := h.Dial(ctx, cx.RemoteAddr(), func(context.Context, *farm.Member, net.Conn) error { return nil })
+	cancel()
 	if err != nil {
-		h.logger.Debug("foo upstream unreachable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
-		h.nakFirstRequest(cx, "proxy: no upstream reachable")
+		h.refuse(cx, err)
 		return nil
 	}
 	defer lease.Release()
@@ -148,6 +150,22 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	h.logger.Debug("foo connection ended", zap.String("remote", cx.RemoteAddr().String()),
 		zap.String("upstream", lease.Member.Addr), zap.Error(err))
 	return nil
+}
+
+// refuse answers a client no server was found for with a NAK of its first
+// request that says why.
+func (h *Handler) refuse(cx *layer4.Connection, err error) {
+	var noRoute *farm.NoRouteError
+	var refused *farm.RefusedError
+	switch {
+	case errors.As(err, &noRoute):
+		h.nakFirstRequest(cx, "proxy: "+noRoute.Error())
+	case errors.As(err, &refused):
+		h.nakFirstRequest(cx, "proxy: refused: "+refused.Reason)
+	default:
+		h.logger.Debug("foo upstream unreachable", zap.String("remote", cx.RemoteAddr().String()), zap.Error(err))
+		h.nakFirstRequest(cx, "proxy: no upstream reachable")
+	}
 }
 
 // proxied is a client connection and its server connection.
