@@ -335,3 +335,114 @@ func envInt(name string, def int) int {
 	}
 	return def
 }
+
+// BenchmarkPoolReconnect restarts RabbitMQ (rabbitmqctl stop_app,
+// start_app) under PRELUDE_BENCH_POOL_CLIENTS clients through the pool and
+// PRELUDE_BENCH_UNPOOLED_CLIENTS direct ones (this broker's file
+// descriptor limit caps direct clients), each of which reconnects every
+// 100 ms until it can publish a 16-byte message with a confirm again, and
+// reports the time from start_app's return until every client has.
+func BenchmarkPoolReconnect(b *testing.B) {
+	e2e.RequireRabbit(b)
+	addrs, _ := startPoolCaddy(b)
+	for i := 0; i < b.N; i++ {
+		for _, run := range []struct {
+			path    string
+			clients int
+		}{{"pooled", envInt("PRELUDE_BENCH_POOL_CLIENTS", 2000)}, {"direct", envInt("PRELUDE_BENCH_UNPOOLED_CLIENTS", 500)}} {
+			took, err := reconnectAll(e2e.URL(addrs[run.path], "/"), run.clients)
+			if err != nil {
+				b.Fatalf("%s: %v", run.path, err)
+			}
+			b.ReportMetric(float64(run.clients), run.path+"-clients")
+			b.ReportMetric(took.Seconds(), run.path+"-all-publish-again-s")
+		}
+	}
+}
+
+// reconnectAll connects n clients, restarts the broker and returns how
+// long after its start every client had published again.
+func reconnectAll(url string, n int) (time.Duration, error) {
+	var up sync.WaitGroup
+	var again sync.WaitGroup
+	stop := make(chan struct{})
+	defer close(stop)
+	restarted := make(chan struct{})
+	up.Add(n)
+	again.Add(n)
+	for range n {
+		go func() {
+			first := true
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				conn, err := amqp091.Dial(url)
+				if err == nil {
+					err = publishOne(conn)
+				}
+				if err != nil {
+					if conn != nil {
+						_ = conn.Close()
+					}
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				if first {
+					first = false
+					up.Done()
+				} else {
+					again.Done()
+					<-stop
+					_ = conn.Close()
+					return
+				}
+				closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
+				select {
+				case <-closed:
+				case <-stop:
+					_ = conn.Close()
+					return
+				}
+				<-restarted
+			}
+		}()
+	}
+	up.Wait()
+	if out, err := exec.Command("rabbitmqctl", "stop_app").CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("stop_app: %v %s", err, out)
+	}
+	if out, err := exec.Command("rabbitmqctl", "start_app").CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("start_app: %v %s", err, out)
+	}
+	start := time.Now()
+	close(restarted)
+	done := make(chan struct{})
+	go func() { again.Wait(); close(done) }()
+	select {
+	case <-done:
+		return time.Since(start), nil
+	case <-time.After(5 * time.Minute):
+		return 0, fmt.Errorf("not every client published again within 5 minutes")
+	}
+}
+
+func publishOne(conn *amqp091.Connection) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	if err := ch.Confirm(false); err != nil {
+		return err
+	}
+	dc, err := ch.PublishWithDeferredConfirm("", "prelude-bench-void", false, false, amqp091.Publishing{Body: make([]byte, 16)})
+	if err != nil {
+		return err
+	}
+	if !dc.Wait() {
+		return fmt.Errorf("nacked")
+	}
+	return ch.Close()
+}

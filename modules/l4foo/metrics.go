@@ -23,10 +23,14 @@ var (
 		"Messages per second over a sliding window.", []string{"stats", "direction", "window"}, nil)
 	descLatency = prometheus.NewDesc("caddy_layer4_foo_latency_seconds",
 		"Request to response latency over the last 4096 answers.", []string{"stats", "quantile"}, nil)
+	descPoolConns = prometheus.NewDesc("caddy_layer4_foo_pool_connections",
+		"Shared server connections open (pool), by upstream.", []string{"upstream"}, nil)
+	descPoolOutstanding = prometheus.NewDesc("caddy_layer4_foo_pool_outstanding",
+		"Requests awaiting an answer on shared server connections, by upstream.", []string{"upstream"}, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMessages, descInvalid, descProxyNAKs, descActive, descRate, descLatency} {
+	for _, d := range []*prometheus.Desc{descMessages, descInvalid, descProxyNAKs, descActive, descRate, descLatency, descPoolConns, descPoolOutstanding} {
 		ch <- d
 	}
 }
@@ -52,6 +56,15 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 			c(descLatency, prometheus.GaugeValue, r.LatencyP90ms/1000, "0.9")
 			c(descLatency, prometheus.GaugeValue, r.LatencyP99ms/1000, "0.99")
 		}
+	}
+	collectPools(ch)
+}
+
+// collectPools reports the shared server connections.
+func collectPools(ch chan<- prometheus.Metric) {
+	for _, p := range Pools() {
+		ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(p.Connections), p.Upstream)
+		ch <- prometheus.MustNewConstMetric(descPoolOutstanding, prometheus.GaugeValue, float64(p.Outstanding), p.Upstream)
 	}
 }
 
