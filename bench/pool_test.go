@@ -20,16 +20,22 @@ import (
 // connection per client), and through one with a pool.
 var poolPaths = []string{"direct", "unpooled", "pooled"}
 
+// shortPaths add a pool with reuse_channels for the short-lived clients.
+var shortPaths = []string{"direct", "unpooled", "pooled", "pooled-reuse"}
+
 // startPoolCaddy serves the unpooled and pooled paths, both routing vhost
 // "/" to RabbitMQ.
 func startPoolCaddy(b *testing.B) (map[string]string, *e2e.Caddy) {
 	addrs := map[string]string{"direct": e2e.RabbitAddr}
 	servers := map[string]any{}
-	for _, name := range []string{"unpooled", "pooled"} {
+	for _, name := range []string{"unpooled", "pooled", "pooled-reuse"} {
 		addrs[name] = e2e.FreePort(b)
 		route := map[string]any{"vhosts": []string{"/"}, "to": []string{e2e.RabbitAddr}}
-		if name == "pooled" {
+		switch name {
+		case "pooled":
 			route["pool"] = map[string]any{}
+		case "pooled-reuse":
+			route["pool"] = map[string]any{"reuse_channels": true}
 		}
 		servers[name] = map[string]any{"listen": []string{addrs[name]}, "routes": []any{map[string]any{
 			"match":  []any{map[string]any{"amqp": map[string]any{}}},
@@ -149,14 +155,16 @@ func BenchmarkPoolShortLived(b *testing.B) {
 	for _, l := range loads {
 		proxy[l.name] = newProxyCPU(caddy, nil)
 	}
-	// Warm the pool: its first connection's handshake is not the steady state.
-	if err := shortCycle(e2e.URL(addrs["pooled"], "/")); err != nil {
-		b.Fatal(err)
+	// Warm the pools: a first connection's handshake is not the steady state.
+	for _, p := range []string{"pooled", "pooled-reuse"} {
+		if err := shortCycle(e2e.URL(addrs[p], "/")); err != nil {
+			b.Fatal(err)
+		}
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, l := range loads {
-			for _, p := range poolPaths {
+			for _, p := range shortPaths {
 				key := p + "-" + l.name
 				var wall time.Duration
 				var each []time.Duration
@@ -178,7 +186,7 @@ func BenchmarkPoolShortLived(b *testing.B) {
 	}
 	b.StopTimer()
 	for _, l := range loads {
-		for _, p := range poolPaths {
+		for _, p := range shortPaths {
 			key := p + "-" + l.name
 			b.ReportMetric(median(rate[key]), key+"-cycles/s")
 			b.ReportMetric(median(p50[key]), key+"-p50-ms")

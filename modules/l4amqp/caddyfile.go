@@ -38,6 +38,7 @@ import (
 //				max_connections <n>
 //				max_message_size <size>
 //				max_client_backlog <size>
+//				reuse_channels
 //			}
 //		}
 //		default {
@@ -279,6 +280,8 @@ func unmarshalPool(d *caddyfile.Dispenser) (*PoolOptions, error) {
 			err = cfutil.Int(d, &p.MaxConnections, 1)
 		case "idle_timeout":
 			err = cfutil.Duration(d, &p.IdleTimeout)
+		case "reuse_channels":
+			p.ReuseChannels = true
 		case "max_message_size", "max_client_backlog":
 			var s string
 			if err = cfutil.OneArg(d, &s); err == nil {

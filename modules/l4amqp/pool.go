@@ -40,6 +40,11 @@ type PoolOptions struct {
 	// at most: a client that falls further behind is disconnected (its
 	// unacknowledged messages go back to their queues). Default 16 MiB.
 	MaxClientBacklog int64 `json:"max_client_backlog,omitempty"`
+	// Keep a broker channel a client used only to publish with confirms
+	// (all confirmed) for the next client, instead of closing it and
+	// opening another: that client's channel.open and confirm.select are
+	// answered by the proxy. Default off.
+	ReuseChannels bool `json:"reuse_channels,omitempty"`
 }
 
 // Pool defaults.
@@ -287,6 +292,8 @@ type PoolConnStatus struct {
 	Capacity int       `json:"capacity"`
 	Blocked  string    `json:"blocked,omitempty"` // the broker's Connection.Blocked reason
 	State    string    `json:"state"`             // opening, open, closing
+	Parked   int       `json:"parked"`            // broker channels kept for reuse
+	Reused   uint64    `json:"reused"`            // channels given to clients from those
 }
 
 // Pools returns every pool, by upstream, vhost and user.

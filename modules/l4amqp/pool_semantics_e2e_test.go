@@ -13,6 +13,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/caddyprelude/prelude/internal/e2e"
+	"github.com/caddyprelude/prelude/modules/l4amqp"
 )
 
 // dialKeep dials through the proxy and returns the client's TCP connection
@@ -509,4 +510,58 @@ func TestPoolUpdateSecret(t *testing.T) {
 	}
 	roundTrip(t, conn, 2)
 	roundTrip(t, other, 2)
+}
+
+// TestPoolReusesChannels: with reuse_channels, short-lived publishers with
+// confirms take the broker channel the one before them left, get their
+// confirms counted from their own first publish, and lose no message; a
+// channel used for anything else is not kept.
+func TestPoolReusesChannels(t *testing.T) {
+	broker := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	c, addr := startProxy(t, handler(pooled(broker, e2e.VhostB, map[string]any{"reuse_channels": true})))
+	q := declareQueue(t, e2e.URL(e2e.RabbitAddr, e2e.VhostB))
+	stay := dial(t, e2e.URL(addr, e2e.VhostB)) // keeps the connection between clients
+	const clients = 20
+	for i := range clients {
+		conn := dial(t, e2e.URL(addr, e2e.VhostB))
+		if err := publishConfirmed(conn, q, 3); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+		mustOK(t, conn.Close())
+	}
+	status := func() l4amqp.PoolConnStatus {
+		ps := pools(t, c, broker.Addr)
+		if len(ps) != 1 || len(ps[0].Connections) != 1 {
+			t.Fatalf("pools: %+v", ps)
+		}
+		return ps[0].Connections[0]
+	}
+	st := status()
+	if st.Reused < clients-1 || st.Parked != 1 {
+		t.Fatalf("after %d publishers: reused %d, parked %d; want %d and 1", clients, st.Reused, st.Parked, clients-1)
+	}
+	if n := messageCount(t, q); n != 3*clients {
+		t.Fatalf("queue holds %d, want %d", n, 3*clients)
+	}
+	// A consumer takes the parked channel; it is not kept after it.
+	consumer := dial(t, e2e.URL(addr, e2e.VhostB))
+	cch := channel(t, consumer)
+	deliveries, err := cch.Consume(q, "", false, false, false, false, nil)
+	mustOK(t, err)
+	for range 5 {
+		d := <-deliveries
+		mustOK(t, d.Ack(false))
+	}
+	mustOK(t, consumer.Close())
+	waitFor(t, "the consumer's channel closed on the broker", func() bool { return status().Parked == 0 })
+	// A publisher without confirms: its channel is not kept either.
+	plain := dial(t, e2e.URL(addr, e2e.VhostB))
+	mustOK(t, channel(t, plain).Publish("", q, false, false, amqp091.Publishing{Body: []byte("no confirm")}))
+	mustOK(t, plain.Close())
+	time.Sleep(100 * time.Millisecond)
+	if st := status(); st.Parked != 0 {
+		t.Fatalf("a channel without confirms was kept: %+v", st)
+	}
+	waitFor(t, "every message counted", func() bool { return messageCount(t, q) == 3*clients-5+1 })
+	roundTrip(t, stay, 2)
 }

@@ -22,6 +22,7 @@ type poolClient struct {
 	conn         net.Conn // the client's socket, to close or unblock
 	frameMax     uint32   // the client's negotiated frame_max
 	wantsBlocked bool     // capability connection.blocked
+	reuseOn      bool     // reuse_channels
 	backlogMax   int
 
 	mu        sync.Mutex // guards what follows, and check
@@ -54,12 +55,13 @@ type pooledChannel struct {
 	brokerClosed bool // the broker sent channel.close; no close-ok yet
 	abandoned    bool // the client left, or the proxy closed it: closing for good
 	shrink       bool // once free, its capacity goes back (see upConn.freeChannel)
+	reuse        reuseState
 }
 
 func newPoolClient(s *session, c *upConn, opts PoolOptions) *poolClient {
 	pc := &poolClient{s: s, c: c, conn: s.cx.Conn, chans: map[uint16]*pooledChannel{},
 		exclusive: map[string]struct{}{}, outKick: make(chan struct{}, 1), wrote: make(chan struct{}),
-		backlogMax: int(opts.MaxClientBacklog)}
+		backlogMax: int(opts.MaxClientBacklog), reuseOn: opts.ReuseChannels}
 	pc.frameMax = s.tuneOk.FrameMax
 	if pc.frameMax == 0 {
 		pc.frameMax = s.offered.FrameMax
@@ -180,6 +182,15 @@ func (pc *poolClient) handle(f amqp.Frame) bool {
 		pc.openChannel(f)
 	case amqp.StepChannelClose:
 		ch := pc.chans[f.Channel]
+		if pc.parkOrClose(ch) {
+			delete(pc.chans, f.Channel)
+			pc.check.PeerCloseOk(f.Channel)
+			pc.send(channelCloseOkFrame(f.Channel))
+			if len(pc.chans) > 0 {
+				pc.c.shrink()
+			}
+			return false
+		}
 		ch.closeSent = true
 		ch.partial = ch.partial[:0]
 		pc.batch = amqp.AppendFrame(pc.batch, amqp.Frame{Type: f.Type, Channel: ch.up, Payload: f.Payload})
@@ -222,7 +233,10 @@ func (pc *poolClient) connectionMethod(f amqp.Frame, ck amqp.Checked) bool {
 
 // openChannel maps a client channel onto a free broker channel.
 func (pc *poolClient) openChannel(f amqp.Frame) {
-	ch := &pooledChannel{pc: pc, id: f.Channel}
+	ch := &pooledChannel{pc: pc, id: f.Channel, reuse: reuseState{reusable: pc.reuseOn}}
+	if pc.reuseOn && pc.reuseOpen(ch) {
+		return
+	}
 	up, err := pc.c.allocChannel(ch, len(pc.chans) > 0)
 	if err != nil {
 		pc.c.pool.refuse("channels")
@@ -265,6 +279,9 @@ func (pc *poolClient) channelCloseOk(f amqp.Frame) {
 // halfway leaves nothing on the shared connection.
 func (pc *poolClient) forward(f amqp.Frame, ck amqp.Checked) {
 	ch := pc.chans[f.Channel]
+	if pc.reuseOn && pc.noteForward(ch, f, ck) {
+		return
+	}
 	if f.Type == amqp.FrameMethod && namesQueue(ck.Class, ck.Method) {
 		if pc.lockedOut(ch, f.Payload, ck) {
 			return
@@ -277,6 +294,7 @@ func (pc *poolClient) forward(f amqp.Frame, ck amqp.Checked) {
 	}
 	ch.partial = amqp.AppendFrame(ch.partial, frame)
 	if ck.EndsContent {
+		ch.reuse.notePublished()
 		pc.batch = append(pc.batch, ch.partial...)
 		if cap(ch.partial) > poolReadBuffer {
 			ch.partial = nil
@@ -400,6 +418,11 @@ func (ch *pooledChannel) fromBroker(f amqp.Frame) {
 		pc.check.PeerCloseOk(ch.id)
 		delete(pc.chans, ch.id)
 		pc.c.freeChannel(ch.up, len(pc.chans) > 0)
+	case class == amqp.ClassBasic && (method == amqp.MethodBasicAck || method == amqp.MethodBasicNack) && pc.reuseOn:
+		var scratch [16]byte
+		if !ch.reuse.confirmFrom(&f, scratch[:0]) || !ch.reuse.clientConfirm {
+			return // an earlier client's, or a client that did not ask for confirms
+		}
 	case class == amqp.ClassQueue && method == amqp.MethodQueueDeclareOk && len(ch.declares) > 0:
 		exclusive := ch.declares[0]
 		ch.declares = ch.declares[1:]
@@ -642,7 +665,13 @@ func (pc *poolClient) leave() {
 	defer pc.mu.Unlock()
 	_ = pc.flushLocked()
 	c := pc.c
-	for _, ch := range pc.chans {
+	had := len(pc.chans) > 0
+	for id, ch := range pc.chans {
+		if pc.parkOrClose(ch) {
+			delete(pc.chans, id)
+			c.shrink()
+			continue
+		}
 		ch.abandoned, ch.shrink = true, true
 		ch.partial = nil
 		switch {
@@ -660,7 +689,7 @@ func (pc *poolClient) leave() {
 	for q := range pc.exclusive {
 		deleteQueue(c, q, pc)
 	}
-	c.detach(pc, len(pc.chans) > 0)
+	c.detach(pc, had)
 }
 
 func itoa(n int) string {

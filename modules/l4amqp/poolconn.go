@@ -53,7 +53,8 @@ type upConn struct {
 	state      int // connOpening, connOpen, connClosing, connDead
 	used       int // channels in use, plus one per client without any
 	maxUsed    int // capacity: max_channels_per_connection within the broker's channel_max
-	maxOpt     int // max_channels_per_connection when the connection was opened (0: none)
+	maxOpt     int  // max_channels_per_connection when the connection was opened (0: none)
+	reuseOpt   bool // reuse_channels then: parked channels need ids beyond the capacity
 	clients    map[*poolClient]struct{}
 	owners     []atomic.Pointer[ownerBox] // by broker channel id
 	next       uint16
@@ -63,6 +64,8 @@ type upConn struct {
 	ctrl       []ctrlWrite
 	secretWait []*poolClient
 	exclusive  map[string]*poolClient // queues clients declared exclusive, by name
+	parked     []*parkedChannel       // broker channels kept for reuse (reuse_channels)
+	reused     uint64                 // channels given to a client from parked
 
 	kick chan struct{}
 	done chan struct{} // closed when the connection is dead
@@ -91,7 +94,7 @@ func newUpConn(p *pool, index int, digest [32]byte, member string) *upConn {
 	if max == 0 {
 		max = DefaultChannelMax
 	}
-	return &upConn{pool: p, index: index, digest: digest, member: member, maxUsed: max, maxOpt: opt,
+	return &upConn{pool: p, index: index, digest: digest, member: member, maxUsed: max, maxOpt: opt, reuseOpt: p.opts.ReuseChannels,
 		ready: make(chan struct{}), clients: map[*poolClient]struct{}{},
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 }
@@ -233,6 +236,9 @@ func (c *upConn) handshake(ctx context.Context, s *session, conn net.Conn) error
 	c.heartbeat = time.Duration(ours.Heartbeat) * time.Second
 	c.mu.Lock()
 	c.maxUsed = int(c.channelMax)
+	if c.reuseOpt && c.maxUsed > 2*maxParked {
+		c.maxUsed -= maxParked
+	}
 	if m := c.maxOpt; m > 0 && m < c.maxUsed {
 		c.maxUsed = m
 	}
@@ -603,7 +609,7 @@ func (c *upConn) status() PoolConnStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st := PoolConnStatus{Name: c.name, Opened: c.opened, Clients: len(c.clients), Channels: c.inUse,
-		Capacity: c.maxUsed, Blocked: c.blocked}
+		Capacity: c.maxUsed, Blocked: c.blocked, Parked: len(c.parked), Reused: c.reused}
 	st.State = [...]string{"opening", "open", "closing", "closed"}[c.state]
 	if c.state == connOpen || c.state == connClosing {
 		st.Local = localString(c.conn)
