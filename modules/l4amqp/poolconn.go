@@ -50,9 +50,9 @@ type upConn struct {
 	wmu sync.Mutex // serializes writes to the broker
 
 	mu         sync.Mutex
-	state      int // connOpening, connOpen, connClosing, connDead
-	used       int // channels in use, plus one per client without any
-	maxUsed    int // capacity: max_channels_per_connection within the broker's channel_max
+	state      int  // connOpening, connOpen, connClosing, connDead
+	used       int  // channels in use, plus one per client without any
+	maxUsed    int  // capacity: max_channels_per_connection within the broker's channel_max
 	maxOpt     int  // max_channels_per_connection when the connection was opened (0: none)
 	reuseOpt   bool // reuse_channels then: parked channels need ids beyond the capacity
 	clients    map[*poolClient]struct{}
