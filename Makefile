@@ -38,6 +38,7 @@ BENCH_STATS = -bench 'StatsCost' -benchtime 30x -count 3
 BENCH_GIT = -bench 'GitClone|GitLookup|LookupServiceSetup|LookupReloadStall|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
+BENCH_POOL = -bench 'PoolShortLived|PoolSteadyState|FooPool|PoolManyClients|PoolReconnect' -benchtime 3x -count 1
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
 # HAProxy (TCP mode) is one more path in the small-message AMQP, Foo and ZMTP CURVE
 # benchmarks; bench-deps installs Debian's package when it is missing (and it can).
@@ -66,6 +67,7 @@ bench: test-deps bench-deps build
 	$(BENCH) $(BENCH_GIT)
 	$(BENCH) $(BENCH_CURVE)
 	$(BENCH) $(BENCH_TUNNEL)
+	$(BENCH) $(BENCH_POOL)
 	@echo "== ./caddy as its own process on CPU 1; clients and servers on CPU 0"
 	$(PINNED) $(BENCH) $(BENCH_AMQP)
 	$(PINNED) $(BENCH) $(BENCH_SMALL)
@@ -73,6 +75,7 @@ bench: test-deps bench-deps build
 	$(PINNED) $(BENCH) $(BENCH_GIT)
 	$(PINNED) $(BENCH) $(BENCH_CURVE)
 	$(PINNED) $(BENCH) $(BENCH_TUNNEL)
+	$(PINNED) $(BENCH) $(BENCH_POOL)
 
 # Runs each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s
