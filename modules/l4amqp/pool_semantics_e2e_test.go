@@ -565,3 +565,37 @@ func TestPoolReusesChannels(t *testing.T) {
 	waitFor(t, "every message counted", func() bool { return messageCount(t, q) == 3*clients-5+1 })
 	roundTrip(t, stay, 2)
 }
+
+// TestPoolCancelNotifyAndFlow: the broker's basic.cancel of a consumer (its
+// queue deleted elsewhere) reaches the pooled client that consumed, on its
+// channel, and channel.flow keeps its per-channel answer.
+func TestPoolCancelNotifyAndFlow(t *testing.T) {
+	broker := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	_, addr := startProxy(t, handler(pooled(broker, e2e.VhostB, map[string]any{})))
+	q := declareQueue(t, e2e.URL(e2e.RabbitAddr, e2e.VhostB))
+	other := dial(t, e2e.URL(addr, e2e.VhostB))
+	ocancel := channel(t, other).NotifyCancel(make(chan string, 1))
+	conn := dial(t, e2e.URL(addr, e2e.VhostB))
+	ch := channel(t, conn)
+	cancels := ch.NotifyCancel(make(chan string, 1))
+	_, err := ch.Consume(q, "prelude-consumer", true, false, false, false, nil)
+	mustOK(t, err)
+	mustOK(t, ch.Flow(true))
+	direct := channel(t, dial(t, e2e.URL(e2e.RabbitAddr, e2e.VhostB)))
+	_, err = direct.QueueDelete(q, false, false, false)
+	mustOK(t, err)
+	select {
+	case tag := <-cancels:
+		if tag != "prelude-consumer" {
+			t.Fatalf("cancel for %q", tag)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no basic.cancel after the queue was deleted")
+	}
+	select {
+	case tag := <-ocancel:
+		t.Fatalf("another client got the cancel for %q", tag)
+	default:
+	}
+	roundTrip(t, conn, 2)
+}
