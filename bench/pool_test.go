@@ -164,7 +164,7 @@ func BenchmarkPoolShortLived(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, l := range loads {
-			for _, p := range shortPaths {
+			for _, p := range benchPaths(shortPaths, addrs) {
 				key := p + "-" + l.name
 				var wall time.Duration
 				var each []time.Duration
@@ -186,7 +186,7 @@ func BenchmarkPoolShortLived(b *testing.B) {
 	}
 	b.StopTimer()
 	for _, l := range loads {
-		for _, p := range shortPaths {
+		for _, p := range benchPaths(shortPaths, addrs) {
 			key := p + "-" + l.name
 			b.ReportMetric(median(rate[key]), key+"-cycles/s")
 			b.ReportMetric(median(p50[key]), key+"-p50-ms")
