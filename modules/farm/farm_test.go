@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddyprelude/prelude/internal/e2e"
 )
@@ -356,5 +357,42 @@ func TestExpandAddressShowsOnlyClientValues(t *testing.T) {
 	}
 	if addr, err := expandAddress(ctx, "{l4.git.owner}.git.internal:9418"); err != nil || addr != "alice.git.internal:9418" {
 		t.Errorf("good expansion: %q, %v", addr, err)
+	}
+}
+
+// TestFailedMemberIsNotHealthy: a member sitting out after a failure is
+// listed, and exported, as not healthy, never healthy beside failed.
+func TestFailedMemberIsNotHealthy(t *testing.T) {
+	dead := e2e.FreePort(t)
+	f := provisioned(t, &Farm{Name: "failed-not-healthy", To: []string{dead}, FailDuration: caddy.Duration(time.Minute)})
+	if _, err := f.Dial(context.Background(), nil, func(context.Context, *Member, net.Conn) error { return nil }); err == nil {
+		t.Fatal("a dial to a closed port succeeded")
+	}
+	st := farmStatus(t, f.Name)
+	if len(st.Members) != 1 || !st.Members[0].Failed || st.Members[0].Healthy {
+		t.Fatalf("members after a failure: %+v, want failed and not healthy", st.Members)
+	}
+	reg := prometheus.NewRegistry()
+	mustRegister(t, reg, memberCollector{})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "caddy_layer4_farm_member_healthy" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == dead && m.GetGauge().GetValue() != 0 {
+				t.Fatalf("caddy_layer4_farm_member_healthy{member=%q} = %v, want 0", dead, m.GetGauge().GetValue())
+			}
+		}
+	}
+}
+
+func mustRegister(t *testing.T, reg *prometheus.Registry, c prometheus.Collector) {
+	t.Helper()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -142,7 +142,9 @@ type MemberStatus struct {
 	Zone        string     `json:"zone,omitempty"`
 	Active      int64      `json:"active"`
 	Failed      bool       `json:"failed"` // sitting out after a failure (fail_duration)
-	Healthy     bool       `json:"healthy"`
+	// Passes its active health check (or has none) and is not sitting out:
+	// the member takes connections.
+	Healthy bool `json:"healthy"`
 	LastCheck   *time.Time `json:"last_check,omitempty"`
 	HealthError string     `json:"health_error,omitempty"`
 	// Found by a lookup or a to template, and kept while asked for
@@ -190,7 +192,8 @@ func Farms() []Status {
 		sort.SliceStable(ms[static:], func(i, j int) bool { return ms[static+i].Addr < ms[static+j].Addr })
 		for i, m := range ms {
 			unhealthy, at, herr := m.state.health.get()
-			ms := MemberStatus{Address: m.Addr, Zone: m.Zone, Active: m.Active(), Failed: m.Failed(now), Healthy: !unhealthy,
+			failed := m.Failed(now)
+			ms := MemberStatus{Address: m.Addr, Zone: m.Zone, Active: m.Active(), Failed: failed, Healthy: !unhealthy && !failed,
 				HealthError: herr, Dynamic: i >= static}
 			if !at.IsZero() {
 				ms.LastCheck = &at

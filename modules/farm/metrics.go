@@ -21,7 +21,7 @@ var (
 )
 
 var healthyDesc = prometheus.NewDesc("caddy_layer4_farm_member_healthy",
-	"1 while an upstream member passes its active health check (or has none), else 0.", []string{"member"}, nil)
+	"1 while an upstream member takes connections: it passes its active health check (or has none) and is not sitting out after a failure; else 0.", []string{"member"}, nil)
 
 func (memberCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- activeDesc
@@ -41,7 +41,7 @@ func (memberCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(st.active.Load()), addr)
 		ch <- prometheus.MustNewConstMetric(failedDesc, prometheus.GaugeValue, failed, addr)
 		healthy := 1.0
-		if u, _, _ := st.health.get(); u {
+		if u, _, _ := st.health.get(); u || failed == 1 {
 			healthy = 0
 		}
 		ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, healthy, addr)

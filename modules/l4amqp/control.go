@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,8 +208,15 @@ func severHow(graceful bool) int32 {
 // Pausing: a paused vhost's new clients wait after Open until Resume.
 var (
 	pausedMu sync.Mutex
-	paused   = map[string]chan struct{}{}
+	paused   = map[string]*pause{}
 )
+
+// pause is one paused vhost: resumed is closed at resume; held counts the
+// clients waiting.
+type pause struct {
+	resumed chan struct{}
+	held    int
+}
 
 // PauseVHost holds new clients of vhost after their Open. It reports false
 // when the vhost was already paused.
@@ -218,7 +226,7 @@ func PauseVHost(vhost string) bool {
 	if _, ok := paused[vhost]; ok {
 		return false
 	}
-	paused[vhost] = make(chan struct{})
+	paused[vhost] = &pause{resumed: make(chan struct{})}
 	return true
 }
 
@@ -227,9 +235,9 @@ func PauseVHost(vhost string) bool {
 func ResumeVHost(vhost string) bool {
 	pausedMu.Lock()
 	defer pausedMu.Unlock()
-	ch, ok := paused[vhost]
+	p, ok := paused[vhost]
 	if ok {
-		close(ch)
+		close(p.resumed)
 		delete(paused, vhost)
 	}
 	return ok
@@ -247,12 +255,80 @@ func PausedVHosts() []string {
 	return out
 }
 
-// pauseWait returns a channel closed when vhost resumes, or nil when the
-// vhost is not paused.
-func pauseWait(vhost string) chan struct{} {
+// HeldClients is, per paused vhost, how many clients are waiting.
+func HeldClients() map[string]int {
 	pausedMu.Lock()
 	defer pausedMu.Unlock()
-	return paused[vhost]
+	out := make(map[string]int, len(paused))
+	for v, p := range paused {
+		out[v] = p.held
+	}
+	return out
+}
+
+// holdFor registers a client held by vhost's pause: it returns the channel
+// closed at resume and the function to call when the client stops
+// waiting, or nil when the vhost is not paused.
+func holdFor(vhost string) (resumed chan struct{}, done func()) {
+	pausedMu.Lock()
+	defer pausedMu.Unlock()
+	p := paused[vhost]
+	if p == nil {
+		return nil, nil
+	}
+	p.held++
+	return p.resumed, func() {
+		pausedMu.Lock()
+		p.held--
+		pausedMu.Unlock()
+	}
+}
+
+// VHostRoute says how the current configs route vhost: the route labels
+// that serve it (a vhost pattern, or "default"), and, when only a default
+// farm does while a vhost block names "/"+vhost, that name: an operator
+// who paused "orders" likely meant "/orders" (URL-escaped %2Forders).
+func VHostRoute(vhost string) (routes []string, meant string) {
+	handlersMu.Lock()
+	hs := make([]*Handler, 0, len(handlers))
+	for _, h := range handlers {
+		hs = append(hs, h)
+	}
+	handlersMu.Unlock()
+	onlyDefault := true
+	for _, h := range hs {
+		if _, label, _ := h.route(vhost); label != "unrouted" {
+			routes = append(routes, label)
+			onlyDefault = onlyDefault && label == "default"
+		}
+	}
+	if (len(routes) == 0 || onlyDefault) && !strings.HasPrefix(vhost, "/") {
+		for _, h := range hs {
+			if _, label, _ := h.route("/" + vhost); label != "unrouted" && label != "default" {
+				meant = "/" + vhost
+			}
+		}
+	}
+	sort.Strings(routes)
+	return routes, meant
+}
+
+// RouteLabels lists every vhost block's patterns of the current configs,
+// and "default" where a handler has a default farm.
+func RouteLabels() []string {
+	handlersMu.Lock()
+	defer handlersMu.Unlock()
+	var out []string
+	for _, h := range handlers {
+		for _, r := range h.Routes {
+			out = append(out, r.VHosts...)
+		}
+		if h.Default != nil {
+			out = append(out, "default")
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Current handlers by name: clients held by a pause are routed, at resume,

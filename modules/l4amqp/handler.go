@@ -29,7 +29,10 @@ const (
 	DefaultChannelMax       = 2047   // RabbitMQ's default channel_max
 	DefaultFrameMax         = 131072 // RabbitMQ's default frame_max
 	DefaultHeartbeat        = 60     // RabbitMQ's default heartbeat, seconds
-	DefaultPauseTimeout     = 30 * time.Second
+	// Below client libraries' own handshake limits (pika gives up after
+	// 10-15 s), so that a held client gets the proxy's Close, not its
+	// library's timeout.
+	DefaultPauseTimeout = 8 * time.Second
 )
 
 // Handler terminates the client's AMQP 0-9-1 handshake up to Connection.Open,
@@ -52,7 +55,7 @@ type Handler struct {
 	// Limits for every vhost block that does not set its own.
 	Limits *Limits `json:"limits,omitempty"`
 	// How long a client of a paused vhost is held before it gets a Close.
-	// Default 30s.
+	// Default 8s.
 	PauseTimeout caddy.Duration `json:"pause_timeout,omitempty"`
 	// Clients held by a pause are routed, at resume, by the handler with
 	// this name in the config loaded then. Default "amqp".
@@ -281,7 +284,9 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	source := sourceKey(s.remote)
 	record(true, "", "", source, func(c *Counters) { c.Accepted++ })
 	outcome := s.run()
-	h.metrics.connections.WithLabelValues(s.routeLabel, outcome).Inc()
+	if outcome != outcomeRouted { // a routed one is counted when it is routed (routed)
+		h.metrics.connections.WithLabelValues(s.routeLabel, outcome).Inc()
+	}
 	recordOutcome(s, source, outcome)
 	if outcome == outcomeRouted {
 		return nil
@@ -313,7 +318,7 @@ func (h *Handler) emit(name string, data map[string]any) {
 func recordOutcome(s *session, source, outcome string) {
 	vhost := ""
 	if s.open != nil {
-		vhost = s.open.VirtualHost
+		vhost = statsVHost(s, outcome)
 		record(false, vhost, "", "", func(c *Counters) { c.Accepted++ })
 	}
 	var f func(*Counters)
@@ -328,12 +333,35 @@ func recordOutcome(s *session, source, outcome string) {
 		f = func(c *Counters) { c.Refused[refusedLimit]++ }
 	case outcomePauseTimeout:
 		f = func(c *Counters) { c.Refused[refusedPauseTimeout]++ }
+	case outcomeClientClosed:
+		f = func(c *Counters) { c.HandshakeFailed++ }
+		if s.held {
+			f = func(c *Counters) { c.HandshakeFailed++; c.PauseGaveUp++ }
+		}
 	case outcomeUnreachable:
 		f = func(c *Counters) { c.FailedUpstream++ }
 	default:
 		f = func(c *Counters) { c.HandshakeFailed++ }
 	}
 	record(true, vhost, "", source, f)
+}
+
+// statsVHost is the key a session's vhost counts under: its name when a
+// vhost block names it exactly, a broker accepted it (routed) or an
+// operator paused it; else notRouted. Names a client makes up never get
+// counters of their own.
+func statsVHost(s *session, outcome string) string {
+	vhost := s.open.VirtualHost
+	if outcome == outcomeRouted || s.held || s.routeLabel == vhost {
+		return vhost
+	}
+	return notRouted
+}
+
+// routed counts a session when the client is told it is in.
+func (s *session) routed(label, upstream string) {
+	s.h.metrics.connections.WithLabelValues(label, outcomeRouted).Inc()
+	record(false, "", upstream, "", func(c *Counters) { c.Accepted++ })
 }
 
 func (h *Handler) dialContext() (context.Context, context.CancelFunc) {

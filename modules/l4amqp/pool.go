@@ -91,8 +91,9 @@ type poolKey struct {
 // pool is the broker connections of one member, vhost and user. Pools live
 // outside any config: a reload keeps them and their clients.
 type pool struct {
-	key  poolKey
-	opts PoolOptions // of the config that last used the pool; under mu
+	key   poolKey
+	route string      // the vhost block's label (its pattern), for metrics; under mu
+	opts  PoolOptions // of the config that last used the pool; under mu
 
 	mu     sync.Mutex
 	conns  []*upConn
@@ -107,7 +108,7 @@ var (
 	pools   = map[poolKey]*pool{}
 )
 
-func poolFor(key poolKey, opts PoolOptions) *pool {
+func poolFor(key poolKey, route string, opts PoolOptions) *pool {
 	poolsMu.Lock()
 	defer poolsMu.Unlock()
 	p := pools[key]
@@ -116,7 +117,7 @@ func poolFor(key poolKey, opts PoolOptions) *pool {
 		pools[key] = p
 	}
 	p.mu.Lock()
-	p.opts = opts
+	p.opts, p.route = opts, route
 	p.mu.Unlock()
 	return p
 }
@@ -148,14 +149,15 @@ func (p *pool) acquire(ctx context.Context, s *session, m *farm.Member, connect 
 	for _, c := range p.conns {
 		if subtle.ConstantTimeCompare(c.digest[:], digest[:]) == 1 && c.reserveClient() {
 			p.saved++
+			route := p.route
 			p.mu.Unlock()
-			poolMetricsSaved(p.key)
+			poolMetricsSaved(route)
 			return c, c.waitOpen(ctx)
 		}
 	}
 	if max := p.opts.MaxConnections; max > 0 && len(p.conns) >= max {
 		p.refusals["max_connections"]++
-		poolMetricsRefusal(p.key, "max_connections")
+		poolMetricsRefusal(p.route, "max_connections")
 		channels := 0
 		for _, c := range p.conns {
 			channels += c.capacity()
@@ -194,8 +196,9 @@ func (p *pool) remove(c *upConn) {
 func (p *pool) refuse(reason string) {
 	p.mu.Lock()
 	p.refusals[reason]++
+	route := p.route
 	p.mu.Unlock()
-	poolMetricsRefusal(p.key, reason)
+	poolMetricsRefusal(route, reason)
 }
 
 // reapIdle closes connections without clients for idle_timeout, keeping
@@ -264,6 +267,7 @@ var (
 // holds credentials.
 type PoolStatus struct {
 	Upstream        string             `json:"upstream"`
+	Route           string             `json:"route"` // the vhost block's pattern
 	VHost           string             `json:"vhost"`
 	User            string             `json:"user"`
 	Connections     []PoolConnStatus   `json:"connections"`
@@ -324,7 +328,7 @@ func Pools() []PoolStatus {
 func (p *pool) status() PoolStatus {
 	p.mu.Lock()
 	conns := append([]*upConn(nil), p.conns...)
-	st := PoolStatus{Upstream: p.key.member, VHost: p.key.vhost, User: p.key.user,
+	st := PoolStatus{Upstream: p.key.member, Route: p.route, VHost: p.key.vhost, User: p.key.user,
 		HandshakesSaved: p.saved, Refusals: map[string]uint64{}, Connections: []PoolConnStatus{},
 		Options: PoolOptionsSummary{MaxChannelsPerConnection: p.opts.MaxChannelsPerConnection,
 			IdleTimeout: time.Duration(p.opts.IdleTimeout).String(), MinIdle: p.opts.MinIdle, MaxConnections: p.opts.MaxConnections}}

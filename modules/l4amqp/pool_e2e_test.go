@@ -115,7 +115,7 @@ func TestPoolSharesConnections(t *testing.T) {
 	if n := broker.Conns.Load(); n > 2 {
 		t.Fatalf("a client after the others opened a broker connection (%d)", n)
 	}
-	c.WaitMetric(t, `caddy_layer4_amqp_pool_clients{upstream="`+broker.Addr+`",vhost="`+e2e.VhostB+`"} 1`)
+	c.WaitMetric(t, `caddy_layer4_amqp_pool_clients{route="`+e2e.VhostB+`",upstream="`+broker.Addr+`"} 1`)
 }
 
 // TestPoolWrongPasswordGets403: a client whose credentials differ from

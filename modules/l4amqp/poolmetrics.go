@@ -32,15 +32,15 @@ func initPoolMetrics(reg *prometheus.Registry) {
 		name := func(n string) string { return prometheus.BuildFQName(ns, sub, n) }
 		poolMetrics = &poolCollector{
 			conns: prometheus.NewDesc(name("pool_connections"),
-				"Pooled broker connections open, by upstream and vhost.", []string{"upstream", "vhost"}, nil),
+				"Pooled broker connections open, by upstream and route (the vhost block's pattern).", []string{"upstream", "route"}, nil),
 			channels: prometheus.NewDesc(name("pool_channels"),
-				"Broker channels in use on pooled connections, by upstream and vhost.", []string{"upstream", "vhost"}, nil),
+				"Broker channels in use on pooled connections, by upstream and route.", []string{"upstream", "route"}, nil),
 			clients: prometheus.NewDesc(name("pool_clients"),
-				"Clients on pooled connections, by upstream and vhost.", []string{"upstream", "vhost"}, nil),
+				"Clients on pooled connections, by upstream and route.", []string{"upstream", "route"}, nil),
 			saved: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pool_handshakes_saved_total",
-				Help: "Clients that joined an open pooled connection instead of a broker handshake, by vhost."}, []string{"vhost"}),
+				Help: "Clients that joined an open pooled connection instead of a broker handshake, by route."}, []string{"route"}),
 			refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pool_refusals_total",
-				Help: "Pooled clients closed by the proxy to keep their shared connection whole, by vhost and reason."}, []string{"vhost", "reason"}),
+				Help: "Pooled clients closed by the proxy to keep their shared connection whole, by route and reason."}, []string{"route", "reason"}),
 			exclusive: prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pool_exclusive_queues_deleted_total",
 				Help: "Exclusive queues the proxy deleted after the pooled client that declared them left."},
 				func() float64 { return float64(poolExclusiveDeleted.Load()) }),
@@ -56,10 +56,10 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	type key struct{ upstream, vhost string }
+	type key struct{ upstream, route string }
 	sums := map[key]*[3]int{}
 	for _, p := range Pools() {
-		k := key{p.Upstream, p.VHost}
+		k := key{p.Upstream, p.Route}
 		if sums[k] == nil {
 			sums[k] = new([3]int)
 		}
@@ -68,20 +68,22 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		sums[k][2] += p.Clients
 	}
 	for k, s := range sums {
-		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(s[0]), k.upstream, k.vhost)
-		ch <- prometheus.MustNewConstMetric(c.channels, prometheus.GaugeValue, float64(s[1]), k.upstream, k.vhost)
-		ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(s[2]), k.upstream, k.vhost)
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(s[0]), k.upstream, k.route)
+		ch <- prometheus.MustNewConstMetric(c.channels, prometheus.GaugeValue, float64(s[1]), k.upstream, k.route)
+		ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(s[2]), k.upstream, k.route)
 	}
 }
 
-func poolMetricsRefusal(k poolKey, reason string) {
+// Pool metrics are labelled by route, the vhost block's pattern, never by
+// the vhost a client sent (the set of labels stays the config's).
+func poolMetricsRefusal(route, reason string) {
 	if poolMetrics != nil {
-		poolMetrics.refusals.WithLabelValues(k.vhost, reason).Inc()
+		poolMetrics.refusals.WithLabelValues(route, reason).Inc()
 	}
 }
 
-func poolMetricsSaved(k poolKey) {
+func poolMetricsSaved(route string) {
 	if poolMetrics != nil {
-		poolMetrics.saved.WithLabelValues(k.vhost).Inc()
+		poolMetrics.saved.WithLabelValues(route).Inc()
 	}
 }

@@ -25,7 +25,7 @@ func (s *session) runPooled(f *farm.Farm, label string, opts PoolOptions) string
 	defer cancel()
 	ctx = farm.WithLocalAddr(ctx, s.cx.LocalAddr())
 	lease, err := f.DialShared(ctx, s.remote, func(ctx context.Context, m *farm.Member, connect farm.ConnectFunc) (net.Conn, error) {
-		p := poolFor(poolKey{member: m.Addr, vhost: vhost, user: s.user}, opts)
+		p := poolFor(poolKey{member: m.Addr, vhost: vhost, user: s.user}, label, opts)
 		c, err := p.acquire(ctx, s, m, connect)
 		if err != nil {
 			return nil, err
@@ -61,6 +61,7 @@ func (s *session) runPooled(f *farm.Farm, label string, opts PoolOptions) string
 		pc.send(b)
 	}
 	_ = s.cx.SetDeadline(time.Time{})
+	s.routed(label, up.member)
 	s.setPlaceholders(up.member)
 	s.h.logger.Debug("amqp session routed to a pooled connection",
 		zap.String("remote", s.remote.String()), zap.String("upstream", up.member),

@@ -50,6 +50,7 @@ type session struct {
 	out      io.Writer         // to the client, until the relay
 	frames   *amqp.FrameReader // the client's frames after its header
 	early    *earlyReplay
+	held     bool // held by a pause of its vhost (an operator's name)
 }
 
 // closeError is a Connection.Close to send to the client. It carries either
@@ -338,6 +339,7 @@ func (s *session) routeAndRelay() string {
 		return outcomeClientClosed
 	}
 	_ = s.cx.SetDeadline(time.Time{})
+	s.routed(label, upstream)
 	s.h.logger.Debug("amqp session routed",
 		zap.String("remote", s.remote.String()), zap.String("upstream", upstream),
 		zap.String("vhost", vhost), zap.String("user", s.user))
@@ -396,11 +398,13 @@ func (s *session) dialBroker(f *farm.Farm) (lease *farm.Lease, openOk, after []b
 // resumes (then the session is routed by the handler current at that time),
 // answering its heartbeats, for at most pause_timeout.
 func (s *session) hold(vhost string) error {
-	wait := pauseWait(vhost)
+	wait, done := holdFor(vhost)
 	if wait == nil {
 		return nil
 	}
+	defer done()
 	s.abandonEarly() // the route is taken at resume, perhaps by another config
+	s.held = true
 	timeout := time.Duration(s.h.PauseTimeout)
 	s.h.logger.Debug("amqp client held: vhost paused", zap.String("remote", s.remote.String()), zap.String("vhost", vhost))
 	_ = s.cx.SetDeadline(time.Time{})

@@ -20,6 +20,9 @@ type Counters struct {
 	// Handshakes that ended otherwise: protocol errors, timeouts, clients
 	// that left before Open.
 	HandshakeFailed uint64 `json:"handshake_failed"`
+	// Of those, clients held by a pause of their vhost that gave up
+	// waiting (their library's own timeout) before resume or pause_timeout.
+	PauseGaveUp uint64 `json:"pause_gave_up"`
 	// How routed sessions ended: clean (Connection.Close / Close-Ok),
 	// client_dropped, broker_dropped, severed (by an operator).
 	Closes   map[string]uint64 `json:"closes"`
@@ -69,7 +72,16 @@ const (
 )
 
 // maxSources bounds the per-source table; later sources count under "other".
-const maxSources = 10000
+// maxKeys bounds the per-vhost and per-upstream tables the same way.
+const (
+	maxSources = 10000
+	maxKeys    = 10000
+)
+
+// notRouted is the vhost key of every session that was not routed: a vhost
+// name gets its own counters only once a broker accepted a session of it,
+// so names that clients make up cannot grow the table.
+const notRouted = "(not routed)"
 
 var (
 	statsMu sync.Mutex
@@ -125,10 +137,10 @@ func record(overall bool, vhost, upstream, source string, f func(*Counters)) {
 		f(&stats.Overall)
 	}
 	if vhost != "" {
-		f(counters(stats.VHosts, vhost, 0))
+		f(counters(stats.VHosts, vhost, maxKeys))
 	}
 	if upstream != "" {
-		f(counters(stats.Upstreams, upstream, 0))
+		f(counters(stats.Upstreams, upstream, maxKeys))
 	}
 	if source != "" {
 		f(counters(stats.Sources, source, maxSources))

@@ -93,7 +93,7 @@ func (Admin) amqpAPI(w http.ResponseWriter, r *http.Request) error {
 		if err := method(r, http.MethodGet); err != nil {
 			return err
 		}
-		return writeJSON(w, http.StatusOK, map[string]any{"paused": l4amqp.PausedVHosts()})
+		return writeJSON(w, http.StatusOK, map[string]any{"paused": l4amqp.PausedVHosts(), "held": l4amqp.HeldClients()})
 	case len(parts) == 3 && parts[0] == "vhosts":
 		vhost := parts[1]
 		switch parts[2] {
@@ -107,8 +107,20 @@ func (Admin) amqpAPI(w http.ResponseWriter, r *http.Request) error {
 			if err := method(r, http.MethodPost); err != nil {
 				return err
 			}
+			routes, meant := l4amqp.VHostRoute(vhost)
+			if len(routes) == 0 {
+				msg := fmt.Sprintf("no route serves vhost %q, so none of its clients could be held; the routes are %s", vhost, strings.Join(quoted(l4amqp.RouteLabels()), ", "))
+				if meant != "" {
+					msg += fmt.Sprintf("; did you mean %q? A vhost in the path is URL-escaped: %s", meant, url.PathEscape(meant))
+				}
+				return apiErr(http.StatusNotFound, "%s", msg)
+			}
 			changed := l4amqp.PauseVHost(vhost)
-			return writeJSON(w, http.StatusOK, map[string]any{"vhost": vhost, "paused": true, "changed": changed})
+			out := map[string]any{"vhost": vhost, "paused": true, "changed": changed, "routes": routes}
+			if meant != "" {
+				out["warning"] = fmt.Sprintf("vhost %q reaches only a default farm, and %q has a vhost block of its own: did you mean %s?", vhost, meant, url.PathEscape(meant))
+			}
+			return writeJSON(w, http.StatusOK, out)
 		case "resume":
 			if err := method(r, http.MethodPost); err != nil {
 				return err
@@ -118,6 +130,14 @@ func (Admin) amqpAPI(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return apiErr(http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
+}
+
+func quoted(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = strconv.Quote(s)
+	}
+	return out
 }
 
 func method(r *http.Request, want string) error {
