@@ -138,13 +138,13 @@ var (
 
 // MemberStatus is one member as GET /prelude/farms reports it.
 type MemberStatus struct {
-	Address     string     `json:"address"`
-	Zone        string     `json:"zone,omitempty"`
-	Active      int64      `json:"active"`
-	Failed      bool       `json:"failed"` // sitting out after a failure (fail_duration)
+	Address string `json:"address"`
+	Zone    string `json:"zone,omitempty"`
+	Active  int64  `json:"active"`
+	Failed  bool   `json:"failed"` // sitting out after a failure (fail_duration)
 	// Passes its active health check (or has none) and is not sitting out:
 	// the member takes connections.
-	Healthy bool `json:"healthy"`
+	Healthy     bool       `json:"healthy"`
 	LastCheck   *time.Time `json:"last_check,omitempty"`
 	HealthError string     `json:"health_error,omitempty"`
 	// Found by a lookup or a to template, and kept while asked for

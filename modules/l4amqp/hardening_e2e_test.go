@@ -122,4 +122,3 @@ func TestRoutedCountedWhenRouted(t *testing.T) {
 		t.Fatalf("routed after the session: +%v, want +1 (counted once)", got)
 	}
 }
-
