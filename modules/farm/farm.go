@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,6 +126,7 @@ type Farm struct {
 	ctx       caddy.Context
 	events    *caddyevents.App
 	logger    *zap.Logger
+	checked   atomic.Bool // the first round of health checks is done
 }
 
 type target struct {
@@ -297,6 +299,28 @@ func (f *Farm) policyName() string {
 // provisioned).
 func (f *Farm) HasLookup() bool { return f.LookupRaw != nil || f.table != nil }
 
+// Describe is the farm in a few words for a start-up log line: its
+// addresses (placeholders unexpanded), its lookup, its named farms.
+func (f *Farm) Describe() string {
+	parts := append([]string(nil), f.To...)
+	for _, u := range f.Upstreams {
+		if u.TLS != nil {
+			parts = append(parts, u.Address+" (tls)")
+		} else {
+			parts = append(parts, u.Address)
+		}
+	}
+	if f.HasLookup() {
+		parts = append(parts, "lookup")
+	}
+	names := make([]string, 0, len(f.Farms))
+	for name := range f.Farms {
+		names = append(names, "farm "+name)
+	}
+	sort.Strings(names)
+	return strings.Join(append(parts, names...), ", ")
+}
+
 // Validate reports the first invalid option by its JSON name.
 func (f *Farm) Validate() error {
 	if len(f.To) == 0 && len(f.Upstreams) == 0 && !f.HasLookup() {
@@ -406,6 +430,9 @@ const (
 	EventUnhealthy = "upstream_unhealthy"
 	// EventHealthy: an unhealthy member passed its check again. Data: upstream.
 	EventHealthy = "upstream_healthy"
+	// EventNoMemberHealthy: the first round of health checks after the
+	// config loaded found no member healthy. Data: farm, tried.
+	EventNoMemberHealthy = "farm_no_member_healthy"
 )
 
 // Emit logs an upstream problem at warn level and emits it as a Caddy event,

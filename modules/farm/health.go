@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,6 +87,8 @@ func (f *Farm) checkAll(ctx context.Context) {
 		}
 	}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failed []string
 	for _, m := range ms {
 		wg.Add(1)
 		go func() {
@@ -93,6 +96,11 @@ func (f *Farm) checkAll(ctx context.Context) {
 			err := f.check(ctx, m)
 			if ctx.Err() != nil {
 				return
+			}
+			if err != nil {
+				mu.Lock()
+				failed = append(failed, m.Addr+": "+err.Error())
+				mu.Unlock()
 			}
 			was := m.Unhealthy()
 			m.state.health.set(err)
@@ -105,6 +113,10 @@ func (f *Farm) checkAll(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+	if ctx.Err() == nil && !f.checked.Swap(true) && len(ms) > 0 && len(failed) == len(ms) {
+		sort.Strings(failed)
+		f.Emit(EventNoMemberHealthy, map[string]any{"farm": f.Name, "tried": strings.Join(failed, "; ")})
+	}
 }
 
 // check connects to m (with its TLS and PROXY header) and runs the probe.

@@ -9,6 +9,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
 	"github.com/caddyprelude/prelude/modules/internal/tcpinfo"
 	"github.com/caddyprelude/prelude/modules/relay"
 )
@@ -370,11 +373,23 @@ var registerShutdown sync.Once
 // down" between two broker frames, instead of letting the exit reset them.
 // It runs before the relay's own drain, which then finds nothing to wait for.
 func closeOnShutdown(context.Context) {
-	deadline := time.Now().Add(max(relay.DrainTimeout-time.Second, 0))
+	n := liveCount()
+	if n == 0 {
+		return
+	}
+	wait := max(relay.DrainTimeout-time.Second, 0)
+	log := caddy.Log().Named("layer4.handlers.amqp")
+	log.Info("draining AMQP sessions before exit: waiting for them to end, then Close 320 to the rest",
+		zap.Int("sessions", n), zap.Duration("up_to", wait))
+	deadline := time.Now().Add(wait)
 	for time.Now().Before(deadline) && liveCount() > 0 {
 		time.Sleep(50 * time.Millisecond)
 	}
-	for _, l := range sessionsWhere(func(*liveSession) bool { return true }) {
+	left := sessionsWhere(func(*liveSession) bool { return true })
+	if len(left) > 0 {
+		log.Info("closing the AMQP sessions still open with Close 320", zap.Int("sessions", len(left)))
+	}
+	for _, l := range left {
 		l.stop(severGraceful, textShuttingDown)
 	}
 	for end := time.Now().Add(2 * time.Second); time.Now().Before(end) && liveCount() > 0; {

@@ -200,6 +200,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	startReaper.Do(func() { go reapPools(nil) })
 	registerHandler(h)
 	registerShutdown.Do(func() { caddy.OnExit(closeOnShutdown) })
+	h.logger.Info("amqp routes", zap.String("name", h.Name), zap.Strings("routes", h.routeLines()))
 	go h.drainRemovedMembers()
 	return nil
 }
@@ -261,6 +262,22 @@ func (h *Handler) route(vhost string) (*farm.Farm, string, Limits) {
 		return h.Default, "default", effective(nil, h.Limits)
 	}
 	return nil, "unrouted", Limits{}
+}
+
+// routeLines describe the routes for the start-up log: "pattern... -> members".
+func (h *Handler) routeLines() []string {
+	var out []string
+	for _, r := range h.Routes {
+		line := strings.Join(r.VHosts, " ") + " -> " + r.Farm.Describe()
+		if r.Pool != nil {
+			line += " (pooled)"
+		}
+		out = append(out, line)
+	}
+	if h.Default != nil {
+		out = append(out, "default -> "+h.Default.Describe())
+	}
+	return out
 }
 
 // poolOf returns the pool options of the vhost block labelled label, or

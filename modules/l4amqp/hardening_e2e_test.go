@@ -122,3 +122,22 @@ func TestRoutedCountedWhenRouted(t *testing.T) {
 		t.Fatalf("routed after the session: +%v, want +1 (counted once)", got)
 	}
 }
+
+// TestStartLogs: at start the handler logs its routes, and a farm whose
+// members all fail their first health check says so at warn level.
+func TestStartLogs(t *testing.T) {
+	dead := e2e.FreePort(t)
+	v := vhosts([]string{dead}, e2e.VhostA)
+	v["health_interval"] = "100ms"
+	pooledRoute := vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)
+	pooledRoute["pool"] = map[string]any{}
+	c, _ := startProxy(t, handler(v, pooledRoute))
+	waitFor(t, "the no-member warning", func() bool {
+		return strings.Contains(c.Logs(), `"msg":"farm_no_member_healthy"`) && strings.Contains(c.Logs(), dead)
+	})
+	logs := c.Logs()
+	if !strings.Contains(logs, `"msg":"amqp routes"`) || !strings.Contains(logs, e2e.VhostA+" -> "+dead) ||
+		!strings.Contains(logs, e2e.VhostB+" -> "+e2e.RabbitAddr+" (pooled)") {
+		t.Fatalf("no start-up line with the routes in the log")
+	}
+}

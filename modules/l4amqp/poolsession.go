@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/relay"
 )
 
 // runPooled takes a client whose vhost block pools its broker connections:
@@ -37,6 +38,7 @@ func (s *session) runPooled(f *farm.Farm, label string, opts PoolOptions) string
 		return s.fail(s.dialError(vhost, err))
 	}
 	defer lease.Release()
+	defer relay.Track()() // a graceful exit waits for this session too
 	pc := newPoolClient(s, up, opts)
 	blocked, ok := up.attach(pc)
 	if !ok {
