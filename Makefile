@@ -38,7 +38,7 @@ BENCH_STATS = -bench 'StatsCost' -benchtime 30x -count 3
 BENCH_GIT = -bench 'GitClone|GitLookup|LookupServiceSetup|LookupReloadStall|FooMessages|ZMTP$$' -benchtime 5x -count 2
 BENCH_CURVE = -bench 'ZMTPCurveLibzmq' -benchtime 3x -count 2
 BENCH_TUNNEL = -bench 'Tunnel' -benchtime 5x -count 2
-BENCH_POOL = -bench 'PoolShortLived|PoolSteadyState|FooPool|PoolManyClients|PoolReconnect' -benchtime 3x -count 1
+BENCH_POOL = -bench 'PoolShortLived|PoolSteadyState|FooPool|PoolManyClients|PoolReconnect|IdleSessions' -benchtime 3x -count 1
 PINNED = PRELUDE_BENCH_CADDY=$(CURDIR)/caddy PRELUDE_BENCH_CADDY_CPUS=1 taskset -c 0
 # HAProxy (TCP mode) is one more path in the small-message AMQP, Foo and ZMTP CURVE
 # benchmarks; bench-deps installs Debian's package when it is missing (and it can).

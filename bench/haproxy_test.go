@@ -85,3 +85,6 @@ func (h *haproxy) CPUTime() time.Duration {
 	}
 	return e2e.ProcessCPU(h.pid)
 }
+
+// RSS is the process's resident memory, bytes.
+func (h *haproxy) RSS() uint64 { return rssOf(h.pid) }

@@ -58,8 +58,8 @@ func brokerCPU(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
 }
 
-// brokerRSS is RabbitMQ's resident memory, bytes.
-func brokerRSS(pid int) uint64 {
+// rssOf is a process's resident memory (VmRSS), bytes.
+func rssOf(pid int) uint64 {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
@@ -261,13 +261,13 @@ func BenchmarkPoolManyClients(b *testing.B) {
 			path    string
 			clients int
 		}{{"pooled", n}, {"unpooled", unpooled}} {
-			before, conns0 := brokerRSS(pid), brokerConnections(b)
+			before, conns0 := rssOf(pid), brokerConnections(b)
 			held, took, err := holdClients(e2e.URL(addrs[run.path], "/"), run.clients)
 			if err != nil {
 				b.Fatalf("%s: %v", run.path, err)
 			}
 			time.Sleep(2 * time.Second) // the broker's memory settles
-			conns, rss := brokerConnections(b)-conns0, brokerRSS(pid)
+			conns, rss := brokerConnections(b)-conns0, rssOf(pid)
 			for _, c := range held {
 				_ = c.Close()
 			}
@@ -453,4 +453,44 @@ func publishOne(conn *amqp091.Connection) error {
 		return fmt.Errorf("nacked")
 	}
 	return ch.Close()
+}
+
+// BenchmarkIdleSessions holds PRELUDE_BENCH_IDLE_SESSIONS (default 500)
+// idle AMQP clients, each with a channel open, through each proxied path in
+// turn and reports the proxy's resident memory per session (RSS growth of
+// a Caddy of its own: run pinned, PRELUDE_BENCH_CADDY set), and HAProxy's
+// where PRELUDE_BENCH_HAPROXY names it.
+func BenchmarkIdleSessions(b *testing.B) {
+	e2e.RequireRabbit(b)
+	addrs, caddy := startPoolCaddy(b)
+	if !caddy.Separate() {
+		b.Skip("needs PRELUDE_BENCH_CADDY: the memory of a Caddy in this process cannot be told apart")
+	}
+	hp := startHAProxy(b, e2e.RabbitAddr)
+	n := envInt("PRELUDE_BENCH_IDLE_SESSIONS", 500)
+	paths := []string{"unpooled", "pooled"}
+	if hp != nil {
+		addrs["haproxy"] = hp.Addr
+		paths = append(paths, "haproxy")
+	}
+	for i := 0; i < b.N; i++ {
+		for _, p := range paths {
+			rss := caddy.RSS
+			if p == "haproxy" {
+				rss = hp.RSS
+			}
+			before := rss()
+			held, _, err := holdClients(e2e.URL(addrs[p], "/"), n)
+			if err != nil {
+				b.Fatalf("%s: %v", p, err)
+			}
+			time.Sleep(2 * time.Second)
+			after := rss()
+			for _, c := range held {
+				_ = c.Close()
+			}
+			b.ReportMetric(float64(int64(after)-int64(before))/float64(n)/1024, p+"-KiB/idle-session")
+			time.Sleep(2 * time.Second)
+		}
+	}
 }
