@@ -285,6 +285,8 @@ func (f *Farm) Provision(ctx caddy.Context) error {
 	f.seq = farmSeq.Add(1)
 	farms[f] = struct{}{}
 	farmsMu.Unlock()
+	f.logger.Info("farm", zap.String("farm", f.Name), zap.String("members", f.Describe()),
+		zap.String("lb_policy", f.policyName()))
 	return nil
 }
 

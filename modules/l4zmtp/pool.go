@@ -85,12 +85,27 @@ func (p *pool) remove(w *parked) bool {
 	list := p.byMech[w.mechanism]
 	for i, x := range list {
 		if x == w {
-			p.byMech[w.mechanism] = append(list[:i:i], list[i+1:]...)
+			p.setParked(w.mechanism, append(list[:i:i], list[i+1:]...))
 			return true
 		}
 	}
 	return false
 }
+
+// setParked stores the parked workers of a mechanism. Mechanism names come
+// from the workers' greetings: a name other than the spec's three (NULL,
+// PLAIN, CURVE; ZMTP 3.1) is forgotten when nobody is parked under it, so
+// that made-up names cannot pile up, while the three stay listed (and
+// exported) at 0. p.mu is held.
+func (p *pool) setParked(mechanism string, list []*parked) {
+	if len(list) == 0 && !standardMechanism(mechanism) {
+		delete(p.byMech, mechanism)
+		return
+	}
+	p.byMech[mechanism] = list
+}
+
+func standardMechanism(m string) bool { return m == "NULL" || m == "PLAIN" || m == "CURVE" }
 
 var errNoWorker = errors.New("no idle worker")
 
@@ -107,7 +122,7 @@ func (p *pool) take(ctx context.Context, mechanism, key string) (*parked, error)
 		if i := p.pickLocked(mechanism, key); i >= 0 {
 			list := p.byMech[mechanism]
 			w := list[i]
-			p.byMech[mechanism] = append(list[:i:i], list[i+1:]...)
+			p.setParked(mechanism, append(list[:i:i], list[i+1:]...))
 			p.busy[w.host]++
 			p.mu.Unlock()
 			close(w.taken)
