@@ -32,23 +32,11 @@ func NewFrameReader(r io.Reader) *FrameReader { return &FrameReader{r: r} }
 // A stream that ends inside a frame gives io.ErrUnexpectedEOF; one that
 // ends between frames gives io.EOF.
 func (fr *FrameReader) ReadFrame(maxSize uint32) (Frame, error) {
-	for {
-		f, n, err := ParseFrame(fr.buf[fr.start:fr.end], maxSize)
-		if err == nil {
-			fr.start += n
-			f.Payload = append([]byte(nil), f.Payload...)
-			return f, nil
-		}
-		if !errors.Is(err, ErrNeedMore) {
-			return Frame{}, err
-		}
-		if err := fr.fill(fr.need(maxSize)); err != nil {
-			if errors.Is(err, io.EOF) && fr.start < fr.end {
-				err = io.ErrUnexpectedEOF
-			}
-			return Frame{}, err
-		}
+	f, err := fr.Next(maxSize)
+	if err == nil {
+		f.Payload = append([]byte(nil), f.Payload...)
 	}
+	return f, err
 }
 
 // Next is ReadFrame without the copy: the payload aliases the reader's

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -251,7 +252,7 @@ func (pc *poolClient) openChannel(f amqp.Frame) {
 
 func (pc *poolClient) noChannelText(err error) string {
 	if errors.Is(err, errNoChannel) {
-		return "the pooled broker connection " + pc.c.name + " has all " + itoa(pc.c.capacity()) +
+		return "the pooled broker connection " + pc.c.name + " has all " + strconv.Itoa(pc.c.capacity()) +
 			" channels in use (max_channels_per_connection)"
 	}
 	return err.Error()
@@ -690,17 +691,4 @@ func (pc *poolClient) leave() {
 		deleteQueue(c, q, pc)
 	}
 	c.detach(pc, had)
-}
-
-func itoa(n int) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-		if n == 0 {
-			return string(b[i:])
-		}
-	}
 }
