@@ -203,15 +203,15 @@ func BenchmarkPoolShortLived(b *testing.B) {
 
 // BenchmarkPoolSteadyState measures a long-lived client through a pooled
 // connection against the unpooled relay and direct: the round trip of a
-// 16-byte message and the 16-byte rate from one publisher to one consumer
-// (the small-message yardstick's rows, small_test.go), with the proxy's
-// CPU per message.
+// 16-byte message and the 16-byte rates from one publisher to one consumer
+// and from two to two (the small-message yardstick's rows, small_test.go),
+// with the proxy's CPU per message.
 func BenchmarkPoolSteadyState(b *testing.B) {
 	e2e.RequireRabbit(b)
 	addrs, caddy := startPoolCaddy(b)
 	const rtts, msgs = 200, 5000
-	rtt, rate := map[string][]float64{}, map[string][]float64{}
-	rttCPU, msgCPU := newProxyCPU(caddy, nil), newProxyCPU(caddy, nil)
+	rtt, rate, rate2 := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
+	rttCPU, msgCPU, cpu2 := newProxyCPU(caddy, nil), newProxyCPU(caddy, nil), newProxyCPU(caddy, nil)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for _, p := range poolPaths {
@@ -226,6 +226,10 @@ func BenchmarkPoolSteadyState(b *testing.B) {
 				b.Fatalf("%s 1p1c: %v", p, err)
 			}
 			rate[p] = append(rate[p], msgs/d.Seconds())
+			if err = cpu2.measure(p, func() error { d, err = twoToTwo(url, p, msgs/2); return err }); err != nil {
+				b.Fatalf("%s 2p2c: %v", p, err)
+			}
+			rate2[p] = append(rate2[p], msgs/d.Seconds())
 		}
 	}
 	b.StopTimer()
@@ -233,6 +237,7 @@ func BenchmarkPoolSteadyState(b *testing.B) {
 	for _, p := range poolPaths {
 		b.ReportMetric(median(rtt[p]), p+"-rtt-us")
 		b.ReportMetric(median(rate[p]), p+"-msg/s")
+		b.ReportMetric(median(rate2[p]), p+"-2p2c-msg/s")
 		if p == "direct" {
 			continue
 		}
@@ -240,7 +245,10 @@ func BenchmarkPoolSteadyState(b *testing.B) {
 		b.ReportMetric(pairedRatio(rate[p], rate["direct"]), p+"-msg/s/direct")
 		b.ReportMetric(per(rttCPU.of(p), rtts), p+"-proxy-cpu-us/rtt")
 		b.ReportMetric(per(msgCPU.of(p), msgs), p+"-proxy-cpu-us/msg")
+		b.ReportMetric(pairedRatio(rate2[p], rate2["direct"]), p+"-2p2c/direct")
+		b.ReportMetric(per(cpu2.of(p), msgs), p+"-2p2c-proxy-cpu-us/msg")
 	}
+	b.ReportMetric(pairedRatio(rate2["pooled"], rate2["unpooled"]), "pooled/unpooled-2p2c-rate")
 	b.ReportMetric(pairedRatio(rtt["pooled"], rtt["unpooled"]), "pooled/unpooled-rtt")
 	b.ReportMetric(pairedRatio(rate["pooled"], rate["unpooled"]), "pooled/unpooled-rate")
 }
