@@ -240,9 +240,13 @@ func (pc *poolClient) openChannel(f amqp.Frame) {
 	}
 	up, err := pc.c.allocChannel(ch, len(pc.chans) > 0)
 	if err != nil {
-		pc.c.pool.refuse("channels")
-		pc.closeClientLocked(&amqp.Close{ReplyCode: amqp.ReplyNotAllowed, ReplyText: "NOT_ALLOWED - " + pc.noChannelText(err),
-			FailingClass: amqp.ClassChannel, FailingMethod: amqp.MethodChannelOpen})
+		cl := &amqp.Close{ReplyCode: amqp.ReplyConnectionForced, ReplyText: "CONNECTION_FORCED - " + err.Error() + "; reconnect",
+			FailingClass: amqp.ClassChannel, FailingMethod: amqp.MethodChannelOpen}
+		if errors.Is(err, errNoChannel) {
+			pc.c.pool.refuse("channels")
+			cl.ReplyCode, cl.ReplyText = amqp.ReplyNotAllowed, "NOT_ALLOWED - "+pc.noChannelText(err)
+		}
+		pc.closeClientLocked(cl)
 		return
 	}
 	ch.up = up
@@ -250,12 +254,9 @@ func (pc *poolClient) openChannel(f amqp.Frame) {
 	pc.batch = amqp.AppendFrame(pc.batch, amqp.Frame{Type: f.Type, Channel: up, Payload: f.Payload})
 }
 
-func (pc *poolClient) noChannelText(err error) string {
-	if errors.Is(err, errNoChannel) {
-		return "the pooled broker connection " + pc.c.name + " has all " + strconv.Itoa(pc.c.capacity()) +
-			" channels in use (max_channels_per_connection)"
-	}
-	return err.Error()
+func (pc *poolClient) noChannelText(error) string {
+	return "the pooled broker connection " + pc.c.name + " has all " + strconv.Itoa(pc.c.capacity()) +
+		" channels in use (max_channels_per_connection)"
 }
 
 // channelCloseOk answers the broker's channel.close. The broker channel is
