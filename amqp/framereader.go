@@ -17,6 +17,7 @@ type FrameReader struct {
 	r          io.Reader
 	buf        []byte
 	start, end int // buf[start:end] is read but not yet returned
+	last       int // bytes of the frame Next returned last
 }
 
 // frameReaderSize holds a handshake frame in one read (RabbitMQ's Start is
@@ -47,6 +48,7 @@ func (fr *FrameReader) Next(maxSize uint32) (Frame, error) {
 		f, n, err := ParseFrame(fr.buf[fr.start:fr.end], maxSize)
 		if err == nil {
 			fr.start += n
+			fr.last = n
 			return f, nil
 		}
 		if !errors.Is(err, ErrNeedMore) {
@@ -60,6 +62,10 @@ func (fr *FrameReader) Next(maxSize uint32) (Frame, error) {
 		}
 	}
 }
+
+// LastFrame returns the bytes of the frame Next returned last, as they
+// arrived (header, payload, frame-end), valid until the next call.
+func (fr *FrameReader) LastFrame() []byte { return fr.buf[fr.start-fr.last : fr.start] }
 
 // Ready reports whether the next frame (or a malformed one) is buffered
 // whole, so that ReadFrame or Next returns without reading.

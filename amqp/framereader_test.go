@@ -216,6 +216,9 @@ func TestFrameReaderNextAndReady(t *testing.T) {
 		if err != nil || f.Channel != uint16(i) || string(f.Payload) != "0123456789" {
 			t.Fatalf("frame %d: %+v, %v", i, f, err)
 		}
+		if want := AppendFrame(nil, f); !bytes.Equal(fr.LastFrame(), want) {
+			t.Fatalf("frame %d: LastFrame %x, want %x", i, fr.LastFrame(), want)
+		}
 		if i < 49 && !fr.Ready(1<<12) {
 			t.Fatalf("frame %d: the rest was read in one go but Ready is false", i)
 		}

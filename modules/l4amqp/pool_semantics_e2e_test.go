@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -598,4 +600,40 @@ func TestPoolCancelNotifyAndFlow(t *testing.T) {
 	default:
 	}
 	roundTrip(t, conn, 2)
+}
+
+// TestPoolSessionsAreDecoded: a pooled session counts its messages in the
+// statistics like a relayed one, and a capture holds its frames with the
+// client's own channel ids.
+func TestPoolSessionsAreDecoded(t *testing.T) {
+	broker := e2e.StartRelay(t, "127.0.0.1:0", e2e.RabbitAddr)
+	c, addr := startProxy(t, handler(pooled(broker, e2e.VhostB, map[string]any{})))
+	file := t.TempDir() + "/pooled.ndjson"
+	id := startCapture(t, c, fmt.Sprintf(`{"filter": {"connection_name": "pooled-capture"}, "format": "ndjson", "file": %q}`, file))
+	before := vhostCounters(amqpStats(t, c), e2e.VhostB).Messages
+	bystander := dial(t, e2e.URL(addr, e2e.VhostB))
+	channel(t, bystander) // the captured client's channel 1 is broker channel 2
+	conn, err := amqp091.DialConfig(e2e.URL(addr, e2e.VhostB), amqp091.Config{Properties: amqp091.Table{"connection_name": "pooled-capture"}})
+	mustOK(t, err)
+	roundTrip(t, conn, 10)
+	mustOK(t, conn.Close())
+	waitFor(t, "the session's messages counted", func() bool {
+		m := vhostCounters(amqpStats(t, c), e2e.VhostB).Messages
+		return m.Published-before.Published == 10 && m.Delivered-before.Delivered == 10 && m.Confirmed-before.Confirmed == 10
+	})
+	mustDo(t, c, http.MethodDelete, "/prelude/amqp/captures/"+id, http.StatusOK)
+	raw, err := os.ReadFile(file)
+	mustOK(t, err)
+	lines := readLines(t, raw)
+	if n := count(methods(lines, "client"), "basic.publish"); n != 10 {
+		t.Fatalf("capture holds %d publishes, want 10", n)
+	}
+	if n := count(methods(lines, "broker"), "basic.deliver"); n != 10 {
+		t.Fatalf("capture holds %d deliveries, want 10", n)
+	}
+	for _, l := range lines {
+		if l.Type == "method" && l.Channel > 1 {
+			t.Fatalf("a captured frame on channel %d: the capture must show the client's ids", l.Channel)
+		}
+	}
 }

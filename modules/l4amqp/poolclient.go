@@ -24,6 +24,7 @@ type poolClient struct {
 	frameMax     uint32   // the client's negotiated frame_max
 	wantsBlocked bool     // capability connection.blocked
 	reuseOn      bool     // reuse_channels
+	watch        *watch   // statistics, captures and traces; nil when nothing looks
 	backlogMax   int
 
 	mu        sync.Mutex // guards what follows, and check
@@ -132,6 +133,9 @@ func (pc *poolClient) readLoop() {
 		if err != nil {
 			pc.readFailed(err)
 			return
+		}
+		if pc.watch != nil {
+			pc.watch.fromClient(fr.LastFrame())
 		}
 		pc.bytesIn.Add(int64(len(f.Payload)) + amqp.FrameOverhead)
 		if pc.handle(f) {
@@ -476,10 +480,16 @@ func (pc *poolClient) deliver(id uint16, f amqp.Frame) {
 	}
 }
 
+// sendFrame queues a broker frame; it runs on the connection's reader
+// goroutine only, which is what feeds the watch's broker-side decoder.
 func (pc *poolClient) sendFrame(f amqp.Frame) {
 	pc.out.Lock()
 	if !pc.outDone {
+		n := len(pc.outBuf)
 		pc.outBuf = amqp.AppendFrame(pc.outBuf, f)
+		if pc.watch != nil {
+			pc.watch.fromBroker(pc.outBuf[n:])
+		}
 	}
 	over := len(pc.outBuf) > pc.backlogMax
 	pc.out.Unlock()

@@ -40,20 +40,27 @@ func (s *session) runPooled(f *farm.Farm, label string, opts PoolOptions) string
 	defer lease.Release()
 	defer relay.Track()() // a graceful exit waits for this session too
 	pc := newPoolClient(s, up, opts)
-	blocked, ok := up.attach(pc)
-	if !ok {
-		return s.fail(closeWith(outcomeUnreachable, amqp.ReplyConnectionForced,
-			"CONNECTION_FORCED - the pooled broker connection to %s closed as the client joined it; reconnect", up.member))
-	}
 	l := &liveSession{client: s.cx.Conn, pooled: pc, info: Session{
 		Client: s.remote.String(), VHost: vhost, User: s.user,
 		ConnectionName: s.startOk.ClientProperties.String("connection_name"),
 		Upstream:       up.member, Route: label, Started: time.Now(), Pool: up.name,
 	}}
 	l.info.ID = newSessionID()
+	openOk, _ := amqp.AppendMethodFrame(nil, 0, &amqp.OpenOk{})
+	// The watch is in place before the connection's reader can see pc.
+	l.watch = newWatch(s.meta(l, up.conn.RemoteAddr(), openOk), s.h.statsOn(), s.h.StatsObjects > 0)
+	pc.watch = l.watch
+	blocked, ok := up.attach(pc)
+	if !ok {
+		return s.fail(closeWith(outcomeUnreachable, amqp.ReplyConnectionForced,
+			"CONNECTION_FORCED - the pooled broker connection to %s closed as the client joined it; reconnect", up.member))
+	}
 	addSession(l)
 	defer removeSession(l.info.ID)
-	openOk, _ := amqp.AppendMethodFrame(nil, 0, &amqp.OpenOk{})
+	if l.watch != nil {
+		addWatch(l.watch)
+		defer removeWatch(l.watch)
+	}
 	if _, err := s.out.Write(openOk); err != nil {
 		pc.leave()
 		return outcomeClientClosed
@@ -82,11 +89,18 @@ func (s *session) runPooled(f *farm.Farm, label string, opts PoolOptions) string
 	if ended == "" {
 		ended = closeClientDropped
 	}
+	var msgs sessionMessages
+	if l.watch != nil {
+		l.watch.end(ended)
+		msgs = l.watch.messages()
+		foldRoute(label, msgs)
+	}
 	record(true, vhost, up.member, source, func(c *Counters) {
 		c.Active--
 		c.Closes[ended]++
 		c.BytesIn += uint64(in)
 		c.BytesOut += uint64(out)
+		c.addMessages(msgs)
 	})
 	s.h.emit(EventSessionClose, map[string]any{"id": l.info.ID, "client": l.info.Client, "vhost": vhost,
 		"upstream": up.member, "ended": ended, "bytes_in": in, "bytes_out": out})
