@@ -37,9 +37,13 @@ func startPoolCaddy(b *testing.B) (map[string]string, *e2e.Caddy) {
 		case "pooled-reuse":
 			route["pool"] = map[string]any{"reuse_channels": true}
 		}
+		h := map[string]any{"handler": "amqp", "name": name, "routes": []any{route}}
+		if os.Getenv("PRELUDE_BENCH_STATS") == "off" { // to see what the session decoder costs
+			h["stats"] = "off"
+		}
 		servers[name] = map[string]any{"listen": []string{addrs[name]}, "routes": []any{map[string]any{
 			"match":  []any{map[string]any{"amqp": map[string]any{}}},
-			"handle": []any{map[string]any{"handler": "amqp", "name": name, "routes": []any{route}}}}}}
+			"handle": []any{h}}}}
 	}
 	cfg := map[string]any{"apps": map[string]any{"layer4": map[string]any{"servers": servers}}}
 	return addrs, startBenchCaddy(b, cfg)
