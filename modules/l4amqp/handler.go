@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyprelude/prelude/amqp"
 	"github.com/caddyprelude/prelude/modules/farm"
+	"github.com/caddyprelude/prelude/modules/internal/startlog"
 	"github.com/caddyprelude/prelude/modules/relay"
 )
 
@@ -201,6 +202,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	registerHandler(h)
 	registerShutdown.Do(func() { caddy.OnExit(closeOnShutdown) })
 	h.logger.Info("amqp routes", zap.String("name", h.Name), zap.Strings("routes", h.routeLines()))
+	startlog.Listeners(ctx)
 	go h.drainRemovedMembers()
 	return nil
 }

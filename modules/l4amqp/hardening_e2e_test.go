@@ -123,15 +123,19 @@ func TestRoutedCountedWhenRouted(t *testing.T) {
 	}
 }
 
-// TestStartLogs: at start the handler logs its routes, and a farm whose
-// members all fail their first health check says so at warn level.
+// TestStartLogs: at start the listeners and the handler's routes are
+// logged, and a farm whose members all fail their first health check says
+// so at warn level.
 func TestStartLogs(t *testing.T) {
 	dead := e2e.FreePort(t)
 	v := vhosts([]string{dead}, e2e.VhostA)
 	v["health_interval"] = "100ms"
 	pooledRoute := vhosts([]string{e2e.RabbitAddr}, e2e.VhostB)
 	pooledRoute["pool"] = map[string]any{}
-	c, _ := startProxy(t, handler(v, pooledRoute))
+	c, addr := startProxy(t, handler(v, pooledRoute))
+	waitFor(t, "the listener line", func() bool {
+		return strings.Contains(c.Logs(), `"msg":"layer4 listener"`) && strings.Contains(c.Logs(), `"listen":["`+addr+`"]`)
+	})
 	waitFor(t, "the no-member warning", func() bool {
 		return strings.Contains(c.Logs(), `"msg":"farm_no_member_healthy"`) && strings.Contains(c.Logs(), dead)
 	})

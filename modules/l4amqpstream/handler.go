@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyprelude/prelude/amqp/stream"
+	"github.com/caddyprelude/prelude/modules/internal/startlog"
 	"github.com/caddyprelude/prelude/modules/relay"
 )
 
@@ -51,6 +52,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves the broker and takes a reference on its shared
 // connection (opened at the first stream).
 func (h *Handler) Provision(ctx caddy.Context) error {
+	startlog.Listeners(ctx)
 	relay.RegisterMetrics(ctx.GetMetricsRegistry())
 	h.logger = ctx.Logger()
 	initMetrics(ctx.GetMetricsRegistry())

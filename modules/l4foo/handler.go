@@ -18,6 +18,7 @@ import (
 	"github.com/caddyprelude/prelude/foo"
 	"github.com/caddyprelude/prelude/modules/farm"
 	"github.com/caddyprelude/prelude/modules/internal/readprelude"
+	"github.com/caddyprelude/prelude/modules/internal/startlog"
 	"github.com/caddyprelude/prelude/modules/internal/tcpinfo"
 	"github.com/caddyprelude/prelude/modules/relay"
 )
@@ -68,6 +69,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults, provisions the farm and joins the stats set.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	startlog.Listeners(ctx)
 	h.logger = ctx.Logger()
 	if h.StatsName == "" {
 		h.StatsName = "default"

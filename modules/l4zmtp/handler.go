@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddyprelude/prelude/modules/farm"
 	"github.com/caddyprelude/prelude/modules/internal/readprelude"
+	"github.com/caddyprelude/prelude/modules/internal/startlog"
 	"github.com/caddyprelude/prelude/modules/relay"
 	"github.com/caddyprelude/prelude/zmtp"
 )
@@ -81,6 +82,7 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets defaults and provisions the farm.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	startlog.Listeners(ctx)
 	relay.RegisterMetrics(ctx.GetMetricsRegistry())
 	h.logger = ctx.Logger()
 	initMetrics(ctx.GetMetricsRegistry())
