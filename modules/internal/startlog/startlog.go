@@ -51,4 +51,3 @@ func Listeners(ctx caddy.Context) {
 		}
 	}()
 }
-
