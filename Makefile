@@ -80,7 +80,7 @@ bench: test-deps bench-deps build
 # Runs each fuzz target for FUZZTIME (default 30s).
 FUZZTIME ?= 30s
 fuzz:
-	for t in FuzzFrames FuzzMethod FuzzTable FuzzFrameTracker FuzzSessionDecoder; do \
+	for t in FuzzFrames FuzzMethod FuzzTable FuzzFrameTracker FuzzSessionDecoder FuzzCheckMethod FuzzClientChannels; do \
 		$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./amqp/ || exit 1; \
 	done
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./git/
