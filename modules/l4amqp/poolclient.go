@@ -35,6 +35,8 @@ type poolClient struct {
 	closing   bool                      // a Connection.Close went to the client: only its Close-Ok counts now
 
 	out     sync.Mutex // guards outBuf and outDone
+	wmu     sync.Mutex // held while writing to the client's socket
+	replies []byte     // the proxy's own answers, sent by the client's goroutine; only it uses this
 	outBuf  []byte
 	outDone bool
 	outKick chan struct{}
@@ -108,6 +110,7 @@ func refusalReason(code uint16) string {
 func (pc *poolClient) run() {
 	go pc.writeLoop()
 	pc.readLoop()
+	pc.flushReplies() // a Close-Ok, say
 	pc.leave()
 	pc.finishWriter()
 }
@@ -125,6 +128,7 @@ func (pc *poolClient) readLoop() {
 				pc.ended.CompareAndSwap(nil, closeBrokerDropped)
 				return
 			}
+			pc.flushReplies()
 			if hb > 0 {
 				_ = pc.conn.SetReadDeadline(time.Now().Add(3 * hb))
 			}
@@ -190,7 +194,7 @@ func (pc *poolClient) handle(f amqp.Frame) bool {
 		if pc.parkOrClose(ch) {
 			delete(pc.chans, f.Channel)
 			pc.check.PeerCloseOk(f.Channel)
-			pc.send(channelCloseOkFrame(f.Channel))
+			pc.reply(channelCloseOkFrame(f.Channel))
 			if len(pc.chans) > 0 {
 				pc.c.shrink()
 			}
@@ -223,7 +227,7 @@ func (pc *poolClient) connectionMethod(f amqp.Frame, ck amqp.Checked) bool {
 	case amqp.MethodClose:
 		pc.ended.CompareAndSwap(nil, closeClean)
 		b, _ := amqp.AppendMethodFrame(nil, 0, &amqp.CloseOk{})
-		pc.send(b)
+		pc.reply(b)
 		return true
 	case amqp.MethodCloseOk:
 		return true // the client had sent Close and closed first
@@ -354,7 +358,7 @@ func (pc *poolClient) closeChannelLocked(ch *pooledChannel, code uint16, text st
 	pc.check.PeerClose(ch.id)
 	ch.abandoned, ch.closeSent, ch.shrink = true, true, len(pc.chans) > 0
 	pc.batch = append(pc.batch, channelCloseFrame(ch.up, amqp.ReplySuccess, "closed by the proxy")...)
-	pc.send(methodFrame(ch.id, amqp.ClassChannel, amqp.MethodChannelClose, amqp.Table{
+	pc.reply(methodFrame(ch.id, amqp.ClassChannel, amqp.MethodChannelClose, amqp.Table{
 		{Name: "reply-code", Value: code}, {Name: "reply-text", Value: text},
 		{Name: "class-id", Value: ck.Class}, {Name: "method-id", Value: ck.Method}}))
 }
@@ -500,6 +504,43 @@ func (pc *poolClient) sendFrame(f amqp.Frame) {
 	pc.kickWriter()
 }
 
+// reply is an answer of the proxy's own to a frame the client just sent
+// (channel.open-ok of a kept channel, confirm.select-ok, close-ok). It is
+// written by the client's goroutine itself once pc.mu is released
+// (flushReplies), not handed to the writer goroutine: a reply is what the
+// client waits for, and the hand-off costs a wake-up. Only the client's
+// goroutine calls it.
+func (pc *poolClient) reply(b []byte) { pc.replies = append(pc.replies, b...) }
+
+// flushReplies writes the replies, unless broker frames are queued before
+// them (then they are queued after those). It blocks only the client's own
+// goroutine on its own socket. pc.mu must not be held.
+func (pc *poolClient) flushReplies() {
+	if len(pc.replies) == 0 {
+		return
+	}
+	b := pc.replies
+	pc.replies = pc.replies[:0]
+	pc.wmu.Lock()
+	pc.out.Lock()
+	if pc.outDone || len(pc.outBuf) > 0 {
+		if !pc.outDone {
+			pc.outBuf = append(pc.outBuf, b...)
+		}
+		pc.out.Unlock()
+		pc.wmu.Unlock()
+		pc.kickWriter()
+		return
+	}
+	pc.out.Unlock()
+	n, err := pc.s.out.Write(b)
+	pc.wmu.Unlock()
+	pc.bytesOut.Add(int64(n))
+	if err != nil {
+		pc.cutSlow()
+	}
+}
+
 // send queues bytes for the client.
 func (pc *poolClient) send(b []byte) {
 	pc.out.Lock()
@@ -559,6 +600,7 @@ func (pc *poolClient) writeLoop() {
 			wrote = false
 			continue
 		}
+		pc.wmu.Lock()
 		pc.out.Lock()
 		b, done := pc.outBuf, pc.outDone
 		pc.outBuf = spare[:0]
@@ -568,10 +610,12 @@ func (pc *poolClient) writeLoop() {
 			pc.bytesOut.Add(int64(n))
 			wrote = true
 			if err != nil {
+				pc.wmu.Unlock()
 				pc.cutSlow()
 				return
 			}
 		}
+		pc.wmu.Unlock()
 		if cap(b) <= 4*poolReadBuffer {
 			spare = b
 		} else {

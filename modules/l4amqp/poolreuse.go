@@ -112,7 +112,7 @@ func (pc *poolClient) reuseOpen(ch *pooledChannel) bool {
 	ch.reuse.clientConfirm = false
 	ch.reuse.offset = st.published
 	pc.chans[ch.id] = ch
-	pc.send(methodFrame(ch.id, amqp.ClassChannel, amqp.MethodChannelOpenOk, amqp.Table{{Name: "reserved-1", Value: ""}}))
+	pc.reply(methodFrame(ch.id, amqp.ClassChannel, amqp.MethodChannelOpenOk, amqp.Table{{Name: "reserved-1", Value: ""}}))
 	return true
 }
 
@@ -132,7 +132,7 @@ func (pc *poolClient) noteForward(ch *pooledChannel, f amqp.Frame, ck amqp.Check
 			return false
 		}
 		if len(f.Payload) > 4 && f.Payload[4]&1 == 0 { // not no-wait
-			pc.send(methodFrame(ch.id, amqp.ClassConfirm, amqp.MethodConfirmSelect+1, amqp.Table{}))
+			pc.reply(methodFrame(ch.id, amqp.ClassConfirm, amqp.MethodConfirmSelect+1, amqp.Table{}))
 		}
 		return true
 	case ck.Class == amqp.ClassBasic && ck.Method == amqp.MethodBasicPublish && r.clientConfirm:
