@@ -61,25 +61,28 @@ func (s *session) runPooled(f *farm.Farm, label string, opts PoolOptions) string
 		addWatch(l.watch)
 		defer removeWatch(l.watch)
 	}
+	// Counted as routed and active before the client can see Open-Ok.
+	source := sourceKey(s.remote)
+	s.routed(label, up.member)
+	record(true, vhost, up.member, source, func(c *Counters) { c.Active++ })
+	s.h.metrics.active.WithLabelValues(label).Inc()
+	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
 	if _, err := s.out.Write(openOk); err != nil {
 		pc.leave()
-		return outcomeClientClosed
+		s.h.metrics.active.WithLabelValues(label).Dec()
+		record(true, vhost, up.member, source, func(c *Counters) { c.Active--; c.Closes[closeClientDropped]++ })
+		return outcomeRouted
 	}
 	if blocked != "" && pc.wantsBlocked {
 		b, _ := amqp.AppendMethodFrame(nil, 0, blockedMethod(blocked))
 		pc.send(b)
 	}
 	_ = s.cx.SetDeadline(time.Time{})
-	s.routed(label, up.member)
 	s.setPlaceholders(up.member)
 	s.h.logger.Debug("amqp session routed to a pooled connection",
 		zap.String("remote", s.remote.String()), zap.String("upstream", up.member),
 		zap.String("vhost", vhost), zap.String("user", s.user), zap.String("pool_connection", up.name))
-	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
 	s.h.emit(EventSessionOpen, map[string]any{"id": l.info.ID, "client": l.info.Client, "vhost": vhost, "user": s.user, "upstream": up.member})
-	source := sourceKey(s.remote)
-	record(true, vhost, up.member, source, func(c *Counters) { c.Active++ })
-	s.h.metrics.active.WithLabelValues(label).Inc()
 	pc.run()
 	s.h.metrics.active.WithLabelValues(label).Dec()
 	in, out := pc.bytesIn.Load(), pc.bytesOut.Load()

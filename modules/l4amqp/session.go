@@ -335,19 +335,23 @@ func (s *session) routeAndRelay() string {
 		addWatch(l.watch)
 		defer removeWatch(l.watch)
 	}
+	// Counted as routed and active before the client can see Open-Ok, so
+	// that a client that is in is always in the metrics and the stats.
+	source := sourceKey(s.remote)
+	s.routed(label, upstream)
+	record(true, vhost, upstream, source, func(c *Counters) { c.Active++ })
+	s.h.metrics.active.WithLabelValues(label).Inc()
+	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
 	if _, err := s.out.Write(openOk); err != nil {
-		return outcomeClientClosed
+		s.h.metrics.active.WithLabelValues(label).Dec()
+		record(true, vhost, upstream, source, func(c *Counters) { c.Active--; c.Closes[closeClientDropped]++ })
+		return outcomeRouted
 	}
 	_ = s.cx.SetDeadline(time.Time{})
-	s.routed(label, upstream)
 	s.h.logger.Debug("amqp session routed",
 		zap.String("remote", s.remote.String()), zap.String("upstream", upstream),
 		zap.String("vhost", vhost), zap.String("user", s.user))
-	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
 	s.h.emit(EventSessionOpen, map[string]any{"id": l.info.ID, "client": l.info.Client, "vhost": vhost, "user": s.user, "upstream": upstream})
-	source := sourceKey(s.remote)
-	record(true, vhost, upstream, source, func(c *Counters) { c.Active++ })
-	s.h.metrics.active.WithLabelValues(label).Inc()
 	up, down, ended := s.relaySession(l, lim.dataRate, after)
 	s.h.metrics.active.WithLabelValues(label).Dec()
 	s.h.metrics.bytes.WithLabelValues(label, "upstream").Add(float64(up))
