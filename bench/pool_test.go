@@ -87,19 +87,8 @@ func shortCycle(url string) error {
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
+	if err := publishOne(conn, false); err != nil {
 		return err
-	}
-	if err := ch.Confirm(false); err != nil {
-		return err
-	}
-	dc, err := ch.PublishWithDeferredConfirm("", "prelude-bench-void", false, false, amqp091.Publishing{Body: make([]byte, 16)})
-	if err != nil {
-		return err
-	}
-	if !dc.Wait() {
-		return fmt.Errorf("publish nacked")
 	}
 	return conn.Close()
 }
@@ -401,7 +390,7 @@ func reconnectAll(url string, n int) (time.Duration, error) {
 				}
 				conn, err := amqp091.Dial(url)
 				if err == nil {
-					err = publishOne(conn)
+					err = publishOne(conn, true)
 				}
 				if err != nil {
 					if conn != nil {
@@ -449,7 +438,9 @@ func reconnectAll(url string, n int) (time.Duration, error) {
 	}
 }
 
-func publishOne(conn *amqp091.Connection) error {
+// publishOne opens a channel, selects confirms and publishes one 16-byte
+// message with its confirm; with closeChannel it then closes the channel.
+func publishOne(conn *amqp091.Connection, closeChannel bool) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return err
@@ -462,9 +453,12 @@ func publishOne(conn *amqp091.Connection) error {
 		return err
 	}
 	if !dc.Wait() {
-		return fmt.Errorf("nacked")
+		return fmt.Errorf("publish nacked")
 	}
-	return ch.Close()
+	if closeChannel {
+		return ch.Close()
+	}
+	return nil
 }
 
 // BenchmarkIdleSessions holds PRELUDE_BENCH_IDLE_SESSIONS (default 500)

@@ -55,22 +55,12 @@ func (s *session) runPooled(f *farm.Farm, label string, opts PoolOptions) string
 		return s.fail(closeWith(outcomeUnreachable, amqp.ReplyConnectionForced,
 			"CONNECTION_FORCED - the pooled broker connection to %s closed as the client joined it; reconnect", up.member))
 	}
-	addSession(l)
-	defer removeSession(l.info.ID)
-	if l.watch != nil {
-		addWatch(l.watch)
-		defer removeWatch(l.watch)
-	}
-	// Counted as routed and active before the client can see Open-Ok.
+	defer list(l)()
 	source := sourceKey(s.remote)
-	s.routed(label, up.member)
-	record(true, vhost, up.member, source, func(c *Counters) { c.Active++ })
-	s.h.metrics.active.WithLabelValues(label).Inc()
-	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
+	s.countRouted(label, up.member, source)
 	if _, err := s.out.Write(openOk); err != nil {
 		pc.leave()
-		s.h.metrics.active.WithLabelValues(label).Dec()
-		record(true, vhost, up.member, source, func(c *Counters) { c.Active--; c.Closes[closeClientDropped]++ })
+		s.uncountRouted(label, up.member, source)
 		return outcomeRouted
 	}
 	if blocked != "" && pc.wantsBlocked {

@@ -329,22 +329,11 @@ func (s *session) routeAndRelay() string {
 	}}
 	l.info.ID = newSessionID()
 	l.watch = newWatch(s.meta(l, lease.Conn.RemoteAddr(), openOk), s.h.statsOn(), s.h.StatsObjects > 0)
-	addSession(l)
-	defer removeSession(l.info.ID)
-	if l.watch != nil {
-		addWatch(l.watch)
-		defer removeWatch(l.watch)
-	}
-	// Counted as routed and active before the client can see Open-Ok, so
-	// that a client that is in is always in the metrics and the stats.
+	defer list(l)()
 	source := sourceKey(s.remote)
-	s.routed(label, upstream)
-	record(true, vhost, upstream, source, func(c *Counters) { c.Active++ })
-	s.h.metrics.active.WithLabelValues(label).Inc()
-	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
+	s.countRouted(label, upstream, source)
 	if _, err := s.out.Write(openOk); err != nil {
-		s.h.metrics.active.WithLabelValues(label).Dec()
-		record(true, vhost, upstream, source, func(c *Counters) { c.Active--; c.Closes[closeClientDropped]++ })
+		s.uncountRouted(label, upstream, source)
 		return outcomeRouted
 	}
 	_ = s.cx.SetDeadline(time.Time{})
@@ -467,6 +456,38 @@ func (s *session) drainWhileHeld() error {
 		return closeWith(outcomeProtocolError, amqp.ReplyUnexpectedFrame,
 			"UNEXPECTED_FRAME - a frame before Connection.Open-Ok (the vhost is paused)")
 	}
+}
+
+// list lists a routed session, and its watch for captures and traces,
+// before the client sees Open-Ok, so that a connected client is always in
+// GET /prelude/amqp/sessions. The returned function unlists it.
+func list(l *liveSession) (unlist func()) {
+	addSession(l)
+	if l.watch != nil {
+		addWatch(l.watch)
+	}
+	return func() {
+		if l.watch != nil {
+			removeWatch(l.watch)
+		}
+		removeSession(l.info.ID)
+	}
+}
+
+// countRouted counts the session routed and active before the client can
+// see Open-Ok: a client that is in is always in the metrics and the stats.
+func (s *session) countRouted(label, upstream, source string) {
+	s.routed(label, upstream)
+	record(true, s.open.VirtualHost, upstream, source, func(c *Counters) { c.Active++ })
+	s.h.metrics.active.WithLabelValues(label).Inc()
+	s.h.metrics.handshake.WithLabelValues(label).Observe(time.Since(s.start).Seconds())
+}
+
+// uncountRouted ends a session whose Open-Ok could not be written: a client
+// gone the moment it was routed.
+func (s *session) uncountRouted(label, upstream, source string) {
+	s.h.metrics.active.WithLabelValues(label).Dec()
+	record(true, s.open.VirtualHost, upstream, source, func(c *Counters) { c.Active--; c.Closes[closeClientDropped]++ })
 }
 
 // meta describes the routed session to captures and traces.
